@@ -1,0 +1,66 @@
+# fraudpipe: `make help` lists the targets.
+SHELL := /bin/bash
+PROFILE ?= local
+export FRAUDPIPE_PROFILE := $(PROFILE)
+export DAGSTER_HOME := $(CURDIR)/.dagster_home/$(PROFILE)
+export GX_ANALYTICS_ENABLED := false
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+UV ?= uv
+RUN := $(UV) run --frozen
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo dev mlflow test test-integration lint typecheck format rollback \
+	simulate bench prod-init clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+install: ## create .venv from uv.lock (installs uv with pip if missing)
+	@command -v $(UV) >/dev/null || python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+
+$(DAGSTER_HOME)/dagster.yaml: orchestration/instance/$(PROFILE)/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME) && cp $< $@
+
+demo: install $(DAGSTER_HOME)/dagster.yaml ## simulate demo data, run ingestion + training headless, print metrics
+	$(RUN) python -m orchestration demo
+
+dev: install $(DAGSTER_HOME)/dagster.yaml ## Dagster UI on http://127.0.0.1:3000 (workspace.yaml)
+	$(RUN) dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+mlflow: install ## MLflow UI on http://127.0.0.1:5000 over the local tracking store
+	$(RUN) mlflow ui --host 127.0.0.1 --port 5000 \
+		--backend-store-uri sqlite:///$(CURDIR)/data/mlflow/mlflow.db
+
+rollback: install ## move the MLflow `champion` alias back to the previous champion
+	$(RUN) python -m orchestration rollback
+
+simulate: install ## generate the full default dataset (5,000 cards, 183 days) into data/source
+	$(RUN) python -m simulator generate --out data/source
+
+prod-init: install ## create the prod databases (PROFILE=prod, variables of .env.prod.example)
+	$(RUN) python -m orchestration prod-init
+
+lint: install ## ruff lint and format check
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+typecheck: install ## mypy on the library code
+	$(RUN) mypy
+
+format: install ## apply ruff's formatting and fixes
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+test: lint typecheck ## lint, type-check, then every test (needs PostgreSQL and Redis for the prod test)
+	$(RUN) pytest
+
+test-integration: install ## only the tests against real PostgreSQL / Redis
+	$(RUN) pytest -m integration
+
+bench: install ## benchmarks: training-set build and model quality on the default dataset
+	$(RUN) python -m bench.training_set
+	$(RUN) python -m bench.model_quality
+
+clean: ## remove local data, Dagster home and caches
+	rm -rf data .dagster_home .pytest_cache .mypy_cache .ruff_cache

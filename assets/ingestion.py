@@ -1,0 +1,99 @@
+"""Ingestion: land raw transactions, fraud reports and reference data in the lake.
+
+Landing keeps values exactly as received: validating and rejecting is the
+blocking checks' job (`assets.validation`), which can only name a bad column
+and count bad rows if the bad rows reach them unchanged.
+"""
+
+from collections.abc import Callable
+
+import dagster as dg
+import pandas as pd
+
+from assets import validation
+from assets.partitions import daily_partitions
+from expectations.runner import Report
+from orchestration.resources import EventSourceResource, LakeResource
+
+
+@dg.asset(group_name="ingestion", kinds={"parquet"})
+def customers(source: EventSourceResource, lake: LakeResource) -> dg.MaterializeResult:
+    """Card holders known to the bank: the only customer ids a transaction may name."""
+    frame = source.read("customers")
+    path = lake.write_table("customers", frame)
+    return dg.MaterializeResult(metadata={"rows": len(frame), "path": str(path)})
+
+
+@dg.asset(group_name="ingestion", kinds={"parquet"})
+def terminals(source: EventSourceResource, lake: LakeResource) -> dg.MaterializeResult:
+    """Payment terminals known to the bank: the only terminal ids a transaction may name."""
+    frame = source.read("terminals")
+    path = lake.write_table("terminals", frame)
+    return dg.MaterializeResult(metadata={"rows": len(frame), "path": str(path)})
+
+
+def _land_days(
+    context: dg.AssetExecutionContext,
+    source: EventSourceResource,
+    lake: LakeResource,
+    table: str,
+    time_column: str,
+    check: dg.AssetCheckSpec,
+    validate: Callable[[pd.DataFrame, list[str]], Report],
+) -> dg.MaterializeResult:
+    days = context.partition_keys
+    by_day = source.read_days(table, time_column, days)
+    for day, part in by_day.items():
+        lake.write_partition(table, day, part)
+    frame = pd.concat(by_day.values(), ignore_index=True)
+    report = validate(frame, days)
+    context.log.info(f"landed {len(frame)} {table} rows over {len(days)} day(s); {report.summary()}")
+    return dg.MaterializeResult(
+        metadata={"rows": len(frame), "days": len(days)},
+        check_results=[validation.check_result(report, check.name)],
+    )
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="ingestion",
+    kinds={"parquet"},
+    deps=[customers, terminals],
+    check_specs=[validation.RAW_TRANSACTIONS_CHECK],
+)
+def raw_transactions(
+    context: dg.AssetExecutionContext, source: EventSourceResource, lake: LakeResource
+) -> dg.MaterializeResult:
+    """Card transactions as received, one parquet partition per day of transaction time."""
+    return _land_days(
+        context,
+        source,
+        lake,
+        "transactions",
+        "TX_DATETIME",
+        validation.RAW_TRANSACTIONS_CHECK,
+        lambda frame, days: validation.validate_transactions(frame, lake, days),
+    )
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="ingestion",
+    kinds={"parquet"},
+    check_specs=[validation.FRAUD_REPORTS_CHECK],
+)
+def fraud_reports(
+    context: dg.AssetExecutionContext, source: EventSourceResource, lake: LakeResource
+) -> dg.MaterializeResult:
+    """Fraud reports (the labels) as received, one partition per day they were reported."""
+    return _land_days(
+        context,
+        source,
+        lake,
+        "fraud_reports",
+        "REPORT_DATETIME",
+        validation.FRAUD_REPORTS_CHECK,
+        validation.validate_reports,
+    )

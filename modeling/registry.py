@@ -1,0 +1,111 @@
+"""The model registry: registration, champion / challenger aliases, promotion, rollback.
+
+Models are stored as XGBoost UBJ (data, not pickled code). Which version is
+champion is an MLflow alias; every promotion is also appended to a registered
+model tag, so a rollback knows what the previous champion was even after
+several promotions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import mlflow
+import mlflow.xgboost
+import pandas as pd
+import xgboost as xgb
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+HISTORY_TAG = "champion_history"
+
+
+def register_model(
+    model: xgb.XGBClassifier,
+    example: pd.DataFrame,
+    model_name: str,
+    experiment_id: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    tags: Mapping[str, str],
+) -> str:
+    """Log a run with the model as UBJ, register it, and make it the challenger.
+
+    Returns:
+        The new model version.
+    """
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_params(dict(params))
+        mlflow.log_metrics(dict(metrics))
+        mlflow.set_tags(dict(tags))
+        info = mlflow.xgboost.log_model(
+            model,
+            name="model",
+            model_format="ubj",
+            signature=infer_signature(example, model.predict_proba(example)[:, 1]),
+            input_example=example.head(5),
+            registered_model_name=model_name,
+            # Pinned here: MLflow's inference exports the whole uv lock, slowly.
+            pip_requirements=[f"xgboost=={xgb.__version__}", f"mlflow=={mlflow.__version__}"],
+        )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    for key, value in {**tags, "run_id": run.info.run_id}.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+    return version
+
+
+def alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
+    """The version an alias points at, or None when the alias is not set."""
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load_model(model_name: str, version: str) -> xgb.XGBClassifier:
+    model = mlflow.xgboost.load_model(f"models:/{model_name}/{version}")
+    if not isinstance(model, xgb.XGBClassifier):
+        raise TypeError(f"{model_name} v{version} is a {type(model).__name__}, not an XGBClassifier")
+    return model
+
+
+def champion_history(client: MlflowClient, model_name: str) -> list[str]:
+    tags = client.get_registered_model(model_name).tags
+    return [str(v) for v in json.loads(tags.get(HISTORY_TAG, "[]"))]
+
+
+def promote(client: MlflowClient, model_name: str, version: str, reason: str) -> None:
+    """Make `version` champion and remember it, for rollback."""
+    history = champion_history(client, model_name)
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps([*history, version]))
+    client.set_model_version_tag(model_name, version, "promotion_reason", reason)
+
+
+def rollback(client: MlflowClient, model_name: str) -> tuple[str, str]:
+    """Point champion back at the version that held it before the current one.
+
+    Returns:
+        (the demoted version, the restored version).
+
+    Raises:
+        ValueError: when there is no earlier champion to go back to.
+    """
+    history = champion_history(client, model_name)
+    current = alias_version(client, model_name, CHAMPION)
+    if current is None or len(history) < 2:
+        raise ValueError(
+            f"{model_name}: no earlier champion to roll back to (promotion history: {history or 'empty'})"
+        )
+    restored = history[-2]
+    client.set_registered_model_alias(model_name, CHAMPION, restored)
+    client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(history[:-1]))
+    client.set_model_version_tag(model_name, current, "rolled_back", "true")
+    return current, restored
