@@ -5,7 +5,8 @@ a *validation view*: the raw text of each field, for the rules about form
 (numeric, timezone given), beside the field parsed leniently, for the rules
 about value (non-negative, known id, inside the partition's day). A value
 that does not parse is null in the parsed column and caught by a form rule,
-so every bad row is counted once under the rule it breaks.
+so each bad value is counted under the rule it breaks (a missing timestamp
+breaks two: it is missing, and it is no timestamp).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 
 from expectations.runner import new_suite
 from feature_repo.windows import MODEL_FEATURES, Aggregation, FeatureGroup
+from orchestration.timestamps import lenient_utc
 
 TRANSACTION_FIELDS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT")
 REPORT_FIELDS = ("TRANSACTION_ID", "REPORT_DATETIME")
@@ -48,8 +50,7 @@ def validation_view(frame: pd.DataFrame, fields: Iterable[str], times: Iterable[
         values = frame[column]
         view[raw_name(column)] = _text(values)
         if column in times:
-            text = values.astype("string") if values.dtype == object else values
-            view[column] = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+            view[column] = lenient_utc(values)
         else:
             view[column] = pd.to_numeric(values, errors="coerce")
     return pd.DataFrame(view, index=frame.index)
@@ -78,6 +79,9 @@ def _in_day(
     return [
         gxe.ExpectColumnValuesToMatchRegex(
             column=raw_name(column), regex=AWARE_TIMESTAMP_TEXT, description="timestamp must carry a timezone"
+        ),
+        gxe.ExpectColumnValuesToNotBeNull(
+            column=column, description="must be an ISO 8601 timestamp between 1677 and 2262"
         ),
         gxe.ExpectColumnValuesToBeBetween(
             column=column,

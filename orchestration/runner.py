@@ -9,6 +9,7 @@ import dagster as dg
 import pandas as pd
 
 from orchestration.definitions import build_definitions
+from orchestration.timestamps import lenient_utc
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -17,11 +18,14 @@ RANGE_END = "dagster/asset_partition_range_end"
 def source_days(resources: Mapping[str, Any]) -> tuple[str, str]:
     """First and last UTC day of the source data (transactions and reports together)."""
     source = resources["source"]
-    tx = source.read("transactions")["TX_DATETIME"]
-    reports = source.read("fraud_reports")["REPORT_DATETIME"]
-    first = min(pd.to_datetime(tx, utc=True).min(), pd.to_datetime(reports, utc=True).min())
-    last = max(pd.to_datetime(tx, utc=True).max(), pd.to_datetime(reports, utc=True).max())
-    return first.strftime("%Y-%m-%d"), last.strftime("%Y-%m-%d")
+    times = pd.concat(
+        [
+            lenient_utc(source.read("transactions")["TX_DATETIME"]),
+            lenient_utc(source.read("fraud_reports")["REPORT_DATETIME"]),
+        ]
+    )
+    times = times[times <= pd.Timestamp.now(tz="UTC")]
+    return times.min().strftime("%Y-%m-%d"), times.max().strftime("%Y-%m-%d")
 
 
 def run_pipeline(

@@ -1,0 +1,68 @@
+"""The benchmarks run end to end on a tiny dataset and print their tables.
+
+No timing is asserted here: timings belong to `python -m bench.*` on the full
+dataset, where they are measured against a baseline in the same run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import model_quality, training_set
+from bench.common import run_in_child
+from simulator import simulate
+from tests.conftest import SMALL
+
+
+def test_training_set_bench_agrees_with_the_pandas_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    result = training_set.main(["--quick", "--in-process"])
+    printed = capsys.readouterr().out
+
+    assert "| variant" in printed and training_set.FEAST in printed and training_set.PANDAS in printed
+    assert "through Feast in" in printed and "no slower than the pandas baseline" in printed
+    assert result.feast.rows == result.baseline.rows > 10_000
+    agreement = result.agreement
+    assert agreement.rows == result.feast.rows and agreement.rows_only_in_one == 0
+    # Any difference must be the baseline's same-second ties, and nothing else.
+    assert agreement.mismatched_rows <= agreement.mismatched_rows_tied <= agreement.tied_rows
+    assert agreement.mismatched_values_after_tie_fix == 0 and agreement.explained_by_ties
+    differing = set(agreement.per_feature)
+    assert differing <= {name for name in training_set.COMPARED if name.startswith("CUSTOMER_ID_")}
+
+
+def test_the_baseline_runs_in_its_own_process(tmp_path: Path) -> None:
+    data = simulate(SMALL)
+    data.events().to_parquet(tmp_path / "events.parquet")
+    data.fraud_reports.to_parquet(tmp_path / "reports.parquet")
+
+    run = run_in_child(training_set.MODULE, "run_pandas_variant", workdir=str(tmp_path))
+
+    assert run.name == training_set.PANDAS and run.rows > 10_000
+    assert run.peak_rss_mib >= run.rss_before_mib > 0
+    assert set(run.stages) == {
+        "labels from reports",
+        "customer rolling windows",
+        "terminal rolling windows",
+        "join to settled transactions",
+    }
+    assert len(pd.read_parquet(tmp_path / "pandas_result.parquet")) == run.rows
+
+
+def test_model_quality_bench_prints_metrics_in_range(capsys: pytest.CaptureFixture[str]) -> None:
+    result = model_quality.main(["--quick"])
+    printed = capsys.readouterr().out
+
+    assert "ROC AUC" in printed and "CP@100" in printed and "logistic regression" in printed
+    assert [r.how for r in result.results] == [
+        f"prequential {model_quality.SELECTION_METRIC}",
+        "baseline",
+        "baseline",
+        "no training",
+    ]
+    for r in result.results:
+        assert set(r.metrics) == set(model_quality.METRICS)
+        assert all(0.0 <= value <= 1.0 for value in r.metrics.values()), r
+    assert result.selection and all(0.0 <= s["mean"] <= 1.0 for s in result.selection)

@@ -1,0 +1,180 @@
+"""The code location loads, and the whole graph materialises on a small dataset."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+from typer.testing import CliRunner
+
+from feature_repo.windows import MODEL_FEATURES
+from modeling import registry
+from orchestration.cli import app
+from orchestration.definitions import build_definitions
+from orchestration.profiles import build_resources
+from orchestration.runner import RANGE_END, RANGE_START, source_days
+from simulator import SimulatedData, write_dataset
+from tests.conftest import FAST_MODEL, PipelineRun
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_definitions_validate(tmp_path: Path) -> None:
+    """What `dagster dev` loads: `dagster definitions validate` on workspace.yaml."""
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "FRAUDPIPE_DATA_DIR": str(tmp_path / "data")}
+    out = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Validation successful" in out.stdout + out.stderr
+
+
+def test_graph_groups_and_blocking_checks(tmp_path: Path) -> None:
+    defs = build_definitions(build_resources("local", tmp_path))
+    graph = defs.resolve_asset_graph()
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups["raw_transactions"] == groups["fraud_reports"] == "ingestion"
+    assert groups["customer_spending"] == groups["terminal_risk"] == "features"
+    assert groups["training_set"] == groups["fraud_model"] == groups["registered_model"] == "training"
+    specs = {
+        spec.name: spec.blocking
+        for definition in [*(defs.assets or []), *(defs.asset_checks or [])]
+        for spec in definition.check_specs  # type: ignore[union-attr]
+    }
+    assert specs == {
+        "check_raw_transactions": True,
+        "check_fraud_reports": True,
+        "check_training_set": True,
+        "check_promotion_gate": True,
+    }
+
+
+def test_materialize_whole_graph(small_data: SimulatedData, tmp_path: Path) -> None:
+    """`materialize()` of every asset at once, partitioned ingestion and all, on fresh storage."""
+    write_dataset(small_data, tmp_path / "source")
+    resources = build_resources("local", tmp_path)
+    defs = build_definitions(resources)
+    first, last = source_days(resources)
+    assets = list(defs.assets or [])
+    checks = list(defs.asset_checks or [])
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [*assets, *checks],
+            resources=resources,
+            instance=instance,
+            tags={RANGE_START: first, RANGE_END: last},
+            run_config=FAST_MODEL,
+        )
+        assert result.success
+        materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        assert {
+            "raw_transactions",
+            "fraud_reports",
+            "customer_spending",
+            "terminal_risk",
+            "feature_registry",
+            "online_features",
+            "training_set",
+            "fraud_model",
+            "registered_model",
+        } <= materialized
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert checks == {
+            "check_raw_transactions": True,
+            "check_fraud_reports": True,
+            "check_training_set": True,
+            "check_promotion_gate": True,
+        }
+
+
+def test_pipeline_outputs(pipeline_run: PipelineRun) -> None:
+    training = pipeline_run.resources["lake"].read_table("training_set")
+    assert list(training.columns[4:-1]) == list(MODEL_FEATURES)
+    assert training["TX_FRAUD"].isin([0, 1]).all()
+    meta = {
+        e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in pipeline_run.results["training_job"].get_asset_materialization_events()
+    }
+    model = meta["fraud_model"]
+    for metric in ("roc_auc", "average_precision", "card_precision_at_100"):
+        assert 0 <= model[metric] <= 1
+    assert model["roc_auc"] > 0.7, "the model should beat chance clearly even on the small dataset"
+    registered = meta["registered_model"]
+    assert registered["feature_service"] == "fraud_model_v1"
+    assert len(registered["data_snapshot_id"]) == 16
+
+
+def test_registered_model_is_ubj_with_signature(pipeline_run: PipelineRun) -> None:
+    store = pipeline_run.resources["mlflow"]
+    store.activate()
+    client = store.client()
+    champion = registry.alias_version(client, store.model_name, registry.CHAMPION)
+    assert champion == registry.alias_version(client, store.model_name, registry.CHALLENGER) == "1"
+    version = client.get_model_version(store.model_name, champion)
+    for tag in ("feature_service", "data_snapshot_id", "git_sha", "run_id"):
+        assert version.tags.get(tag), tag
+    run = client.get_run(version.run_id)
+    assert {"roc_auc", "average_precision", "card_precision_at_100"} <= set(run.data.metrics)
+    files = {a.path for a in mlflow.artifacts.list_artifacts(f"models:/{store.model_name}/{champion}")}
+    assert "model.ubj" in files and not any(f.endswith((".pkl", ".pickle")) for f in files)
+    info = mlflow.models.get_model_info(f"models:/{store.model_name}/{champion}")
+    assert info.signature is not None
+    assert [c.name for c in info.signature.inputs.inputs] == list(MODEL_FEATURES)
+
+
+def test_promotion_gate_and_rollback(pipeline_run: PipelineRun, monkeypatch) -> None:
+    """Only a challenger that beats the champion on the same week is promoted; rollback undoes one."""
+    monkeypatch.setenv("FRAUDPIPE_DATA_DIR", str(pipeline_run.data_dir))
+    store = pipeline_run.resources["mlflow"]
+    store.activate()
+    client = store.client()
+    name = store.model_name
+    job = build_definitions(pipeline_run.resources).resolve_implicit_global_asset_job_def()
+
+    def retrain(config: dict) -> dg.AssetCheckEvaluation:
+        with dg.instance_for_test() as instance:
+            result = job.execute_in_process(
+                instance=instance,
+                asset_selection=[dg.AssetKey("fraud_model"), dg.AssetKey("registered_model")],
+                run_config={"ops": {"fraud_model": {"config": config}}},
+            )
+        (gate,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "check_promotion_gate"]
+        return gate
+
+    def champion() -> str | None:
+        return registry.alias_version(client, name, registry.CHAMPION)
+
+    def rollback() -> CliRunner:
+        return CliRunner().invoke(app, ["rollback"])
+
+    stump = {"n_folds": 2, "n_estimators": [1], "max_depth": [1], "learning_rate": [0.01]}
+    weak = retrain(stump)
+    assert not weak.passed and weak.metadata["promoted"].value is False
+    assert (
+        weak.metadata["challenger_average_precision"].value
+        < weak.metadata["champion_average_precision"].value
+    )
+    assert (champion(), registry.alias_version(client, name, registry.CHALLENGER)) == ("1", "2")
+
+    registry.promote(client, name, "2", "a bad promotion by hand")
+    result = rollback()
+    assert result.exit_code == 0, result.output
+    assert "v2 -> v1" in result.output and champion() == "1"
+    assert client.get_model_version(name, "2").tags["rolled_back"] == "true"
+    refused = rollback()
+    assert refused.exit_code == 1 and "no earlier champion" in refused.output
+
+    registry.promote(client, name, "2", "the stump again, to be beaten")
+    real = retrain(FAST_MODEL["ops"]["fraud_model"]["config"])
+    assert real.passed and real.metadata["promoted"].value is True
+    assert champion() == "3"
+    assert rollback().exit_code == 0 and champion() == "2"
