@@ -48,7 +48,7 @@ def demo(
     else:
         _echo_step(f"reusing the source data in {source} (--regenerate to simulate again)", started)
     _echo_step(f"running ingestion_job and training_job (profile {profile})", started)
-    results = run_pipeline(resources, dg.DagsterInstance.get())
+    results = run_pipeline(resources, dg.DagsterInstance.get(), log_level="INFO")
     training = results["training_job"]
     _echo_step("pipeline finished", started)
 

@@ -32,8 +32,15 @@ def run_pipeline(
     resources: Mapping[str, Any],
     instance: dg.DagsterInstance,
     run_config: Mapping[str, Any] | None = None,
+    log_level: str = "DEBUG",
 ) -> dict[str, dg.ExecuteInProcessResult]:
     """Land every source day in one run, then build features and train.
+
+    Args:
+        resources: the profile's resources.
+        instance: where runs and events are recorded (the UI's instance, or a test's).
+        run_config: run config of the training job (e.g. model hyperparameters).
+        log_level: of the console log; the runs' event logs keep everything.
 
     Raises:
         dg.DagsterExecutionStepExecutionError and friends: a failed step or a
@@ -41,12 +48,13 @@ def run_pipeline(
     """
     defs = build_definitions(dict(resources))
     first, last = source_days(resources)
+    loggers = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     results = {
         "ingestion_job": defs.resolve_job_def("ingestion_job").execute_in_process(
-            instance=instance, tags={RANGE_START: first, RANGE_END: last}
+            instance=instance, tags={RANGE_START: first, RANGE_END: last}, run_config=loggers
         )
     }
     results["training_job"] = defs.resolve_job_def("training_job").execute_in_process(
-        instance=instance, run_config=dict(run_config or {})
+        instance=instance, run_config={**loggers, **(run_config or {})}
     )
     return results
