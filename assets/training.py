@@ -4,7 +4,7 @@ import json
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
@@ -28,16 +28,26 @@ class ModelConfig(dg.Config):
     delay_days: int = 7
     test_days: int = 7
     n_folds: int = 3
-    selection_metric: str = "average_precision"
+    selection_metric: Literal["roc_auc", "average_precision", "card_precision_at_100"] = "average_precision"
     n_estimators: list[int] = [100]
     max_depth: list[int] = [3, 6]
     learning_rate: list[float] = [0.1, 0.3]
     seed: int = 0
 
-    def window(self) -> SplitWindow:
-        return SplitWindow(
-            pd.Timestamp(self.train_start, tz="UTC"), self.train_days, self.delay_days, self.test_days
-        )
+    def window_spec(self) -> dict[str, Any]:
+        """The evaluation window as plain data, stored beside the model for the gate."""
+        return {
+            "train_start": self.train_start,
+            "train_days": self.train_days,
+            "delay_days": self.delay_days,
+            "test_days": self.test_days,
+        }
+
+
+def split_window(spec: dict[str, Any]) -> SplitWindow:
+    return SplitWindow(
+        pd.Timestamp(spec["train_start"], tz="UTC"), spec["train_days"], spec["delay_days"], spec["test_days"]
+    )
 
 
 def _git_sha() -> str:
@@ -62,7 +72,7 @@ def fraud_model(
     trained on one week and scored on a later week (ROC AUC, average precision,
     card precision@100)."""
     frame = lake.read_table("training_set")
-    window = config.window()
+    window = split_window(config.window_spec())
     grid: dict[str, Sequence[Any]] = {
         "n_estimators": config.n_estimators,
         "max_depth": config.max_depth,
@@ -76,12 +86,8 @@ def fraud_model(
     summary = {
         "params": selection.best_params,
         "metrics": metrics,
-        "window": {
-            "train_start": config.train_start,
-            "train_days": config.train_days,
-            "delay_days": config.delay_days,
-            "test_days": config.test_days,
-        },
+        "window": config.window_spec(),
+        "selection_metric": config.selection_metric,
         "selection": selection.scores,
         "test_rows": len(test),
     }
@@ -140,14 +146,8 @@ def check_promotion_gate(lake: LakeResource, mlflow: MLflowResource) -> dg.Asset
     if challenger is None:
         return dg.AssetCheckResult(passed=False, description="no challenger is registered")
     _, summary = _read_model(lake)
-    metric = "average_precision"
-    window = SplitWindow(
-        pd.Timestamp(summary["window"]["train_start"], tz="UTC"),
-        summary["window"]["train_days"],
-        summary["window"]["delay_days"],
-        summary["window"]["test_days"],
-    )
-    _, test = train_test_split(lake.read_table("training_set"), window)
+    metric = summary["selection_metric"]
+    _, test = train_test_split(lake.read_table("training_set"), split_window(summary["window"]))
     challenger_metrics = evaluate(registry.load_model(name, challenger), test)
     champion = registry.alias_version(client, name, registry.CHAMPION)
     metadata: dict[str, dg.RawMetadataValue] = {

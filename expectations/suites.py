@@ -60,15 +60,28 @@ def renames(fields: Iterable[str]) -> dict[str, str]:
     return {raw_name(c): c for c in fields}
 
 
-def _present(column: str, description: str) -> list[gxe.Expectation]:
+def _present(column: str) -> list[gxe.Expectation]:
     return [
-        gxe.ExpectColumnToExist(column=raw_name(column), description=f"{description} must be present"),
+        gxe.ExpectColumnToExist(column=raw_name(column), description=f"{column} must be present"),
         gxe.ExpectColumnValuesToNotBeNull(column=raw_name(column), description="must not be missing"),
         gxe.ExpectColumnValueLengthsToBeBetween(
             column=raw_name(column),
             max_value=MAX_FIELD_CHARS,
             description=f"at most {MAX_FIELD_CHARS} characters",
         ),
+    ]
+
+
+def _identified_rows(fields: Iterable[str], unique: str) -> list[gxe.Expectation]:
+    """Every field present and short; TRANSACTION_ID a non-negative integer, unique."""
+    return [
+        *(expectation for column in fields for expectation in _present(column)),
+        gxe.ExpectColumnValuesToMatchRegex(
+            column=raw_name("TRANSACTION_ID"),
+            regex=INTEGER_TEXT,
+            description="must be a non-negative integer",
+        ),
+        gxe.ExpectColumnValuesToBeUnique(column=raw_name("TRANSACTION_ID"), description=unique),
     ]
 
 
@@ -104,16 +117,8 @@ def raw_transactions_suite(
 ) -> gx.ExpectationSuite:
     """Rules every landed transaction must meet before features are built on it."""
     suite = new_suite("raw_transactions")
-    for column in TRANSACTION_FIELDS:
-        for expectation in _present(column, column):
-            suite.add_expectation(expectation)
     for expectation in (
-        gxe.ExpectColumnValuesToMatchRegex(
-            column=raw_name("TRANSACTION_ID"),
-            regex=INTEGER_TEXT,
-            description="must be a non-negative integer",
-        ),
-        gxe.ExpectColumnValuesToBeUnique(column=raw_name("TRANSACTION_ID"), description="must be unique"),
+        *_identified_rows(TRANSACTION_FIELDS, "must be unique"),
         gxe.ExpectColumnValuesToMatchRegex(
             column=raw_name("TX_AMOUNT"), regex=NUMBER_TEXT, description="must be a finite number"
         ),
@@ -137,18 +142,8 @@ def fraud_reports_suite(
 ) -> gx.ExpectationSuite:
     """Rules every landed fraud report must meet before it becomes a label."""
     suite = new_suite("fraud_reports")
-    for column in REPORT_FIELDS:
-        for expectation in _present(column, column):
-            suite.add_expectation(expectation)
     for expectation in (
-        gxe.ExpectColumnValuesToMatchRegex(
-            column=raw_name("TRANSACTION_ID"),
-            regex=INTEGER_TEXT,
-            description="must be a non-negative integer",
-        ),
-        gxe.ExpectColumnValuesToBeUnique(
-            column=raw_name("TRANSACTION_ID"), description="one report per transaction"
-        ),
+        *_identified_rows(REPORT_FIELDS, "one report per transaction"),
         *_in_day("REPORT_DATETIME", window_start, window_end, now),
     ):
         suite.add_expectation(expectation)
