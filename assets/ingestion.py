@@ -1,8 +1,10 @@
 """Ingestion: land raw transactions, fraud reports and reference data in the lake.
 
-Landing keeps values exactly as received: validating and rejecting is the
-blocking checks' job (`assets.validation`), which can only name a bad column
-and count bad rows if the bad rows reach them unchanged.
+Each run's batch is judged by its Great Expectations suite before anything is
+published: a batch that passes lands as received, one partition per day; one
+that fails goes to the lake's quarantine, untouched, and the blocking check
+fails the run. So a later run, even a separate one, never builds features on
+rows a check rejected.
 """
 
 from collections.abc import Callable
@@ -11,7 +13,7 @@ import dagster as dg
 import pandas as pd
 
 from assets import validation
-from assets.partitions import daily_partitions
+from assets.partitions import HISTORY_START, daily_partitions
 from expectations.runner import Report
 from orchestration.resources import EventSourceResource, LakeResource
 
@@ -42,14 +44,16 @@ def _land_days(
     validate: Callable[[pd.DataFrame, list[str]], Report],
 ) -> dg.MaterializeResult:
     days = context.partition_keys
-    by_day = source.read_days(table, time_column, days)
-    for day, part in by_day.items():
-        lake.write_partition(table, day, part)
+    by_day = source.read_days(table, time_column, days, first_day=HISTORY_START)
     frame = pd.concat(by_day.values(), ignore_index=True)
     report = validate(frame, days)
-    context.log.info(f"landed {len(frame)} {table} rows over {len(days)} day(s); {report.summary()}")
+    publish = lake.write_partition if report.success else lake.quarantine
+    for day, part in by_day.items():
+        publish(table, day, part)
+    outcome = "landed" if report.success else "quarantined"
+    context.log.info(f"{outcome} {len(frame)} {table} rows over {len(days)} day(s); {report.summary()}")
     return dg.MaterializeResult(
-        metadata={"rows": len(frame), "days": len(days)},
+        metadata={"rows": len(frame), "days": len(days), "outcome": outcome},
         check_results=[validation.check_result(report, check.name)],
     )
 
@@ -82,6 +86,7 @@ def raw_transactions(
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="ingestion",
     kinds={"parquet"},
+    deps=[raw_transactions],
     check_specs=[validation.FRAUD_REPORTS_CHECK],
 )
 def fraud_reports(
@@ -95,5 +100,5 @@ def fraud_reports(
         "fraud_reports",
         "REPORT_DATETIME",
         validation.FRAUD_REPORTS_CHECK,
-        validation.validate_reports,
+        lambda frame, days: validation.validate_reports(frame, lake, days),
     )

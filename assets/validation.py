@@ -8,6 +8,7 @@ the training-set check stands between the training set and the model.
 import dagster as dg
 import pandas as pd
 
+from assets.raw import load_transactions
 from expectations import suites
 from expectations.runner import Report, validate
 from feature_repo.windows import FEATURE_GROUPS
@@ -42,6 +43,7 @@ def _window(days: list[str]) -> tuple[pd.Timestamp, pd.Timestamp]:
 
 
 def validate_transactions(frame: pd.DataFrame, lake: LakeResource, days: list[str]) -> Report:
+    """Judge a batch of raw transactions, also against the ids landed on other days."""
     start, end = _window(days)
     suite = suites.raw_transactions_suite(
         lake.read_table("customers")["CUSTOMER_ID"],
@@ -51,13 +53,23 @@ def validate_transactions(frame: pd.DataFrame, lake: LakeResource, days: list[st
         pd.Timestamp.now(tz="UTC"),
     )
     view = suites.validation_view(frame, suites.TRANSACTION_FIELDS, times=["TX_DATETIME"])
+    if "TRANSACTION_ID" in view:
+        landed = pd.to_numeric(lake.read_column("transactions", "TRANSACTION_ID", exclude_days=days))
+        view[f"TRANSACTION_ID{suites.LANDED}"] = view["TRANSACTION_ID"].isin(landed)
     return validate(view, suite, suites.renames(suites.TRANSACTION_FIELDS))
 
 
-def validate_reports(frame: pd.DataFrame, days: list[str]) -> Report:
+def validate_reports(frame: pd.DataFrame, lake: LakeResource, days: list[str]) -> Report:
+    """Judge a batch of fraud reports, also against the transactions they name."""
     start, end = _window(days)
     suite = suites.fraud_reports_suite(start, end, pd.Timestamp.now(tz="UTC"))
     view = suites.validation_view(frame, suites.REPORT_FIELDS, times=["REPORT_DATETIME"])
+    if "TRANSACTION_ID" in view and "REPORT_DATETIME" in view:
+        landed = load_transactions(lake).set_index("TRANSACTION_ID")["TX_DATETIME"]
+        tx_time = view["TRANSACTION_ID"].map(landed)
+        view[f"TRANSACTION_ID{suites.LANDED}"] = tx_time.notna()
+        delay = pd.to_timedelta(view["REPORT_DATETIME"] - tx_time)
+        view[f"REPORT_DATETIME{suites.DELAY_DAYS}"] = delay.dt.total_seconds() / 86_400
     return validate(view, suite, suites.renames(suites.REPORT_FIELDS))
 
 

@@ -18,7 +18,7 @@ import great_expectations.expectations as gxe
 import pandas as pd
 
 from expectations.runner import new_suite
-from feature_repo.windows import MODEL_FEATURES, Aggregation, FeatureGroup
+from feature_repo.windows import LABEL_DELAY_DAYS, MODEL_FEATURES, Aggregation, FeatureGroup
 from orchestration.timestamps import lenient_utc
 
 TRANSACTION_FIELDS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT")
@@ -28,6 +28,7 @@ INTEGER_TEXT = r"^\d+$"
 NUMBER_TEXT = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 AWARE_TIMESTAMP_TEXT = r"([+-]\d{2}:?\d{2}|Z|UTC)$"
 MAX_FIELD_CHARS = 64
+MAX_AMOUNT = 10_000_000
 RAW = "__raw"
 
 
@@ -56,8 +57,17 @@ def validation_view(frame: pd.DataFrame, fields: Iterable[str], times: Iterable[
     return pd.DataFrame(view, index=frame.index)
 
 
+LANDED = "__landed"
+DELAY_DAYS = "__delay_days"
+
+
 def renames(fields: Iterable[str]) -> dict[str, str]:
-    return {raw_name(c): c for c in fields}
+    """Helper column -> the column a person knows it as, for failure messages."""
+    return {
+        **{raw_name(c): c for c in fields},
+        f"TRANSACTION_ID{LANDED}": "TRANSACTION_ID",
+        f"REPORT_DATETIME{DELAY_DAYS}": "REPORT_DATETIME",
+    }
 
 
 def _present(column: str) -> list[gxe.Expectation]:
@@ -81,7 +91,7 @@ def _identified_rows(fields: Iterable[str], unique: str) -> list[gxe.Expectation
             regex=INTEGER_TEXT,
             description="must be a non-negative integer",
         ),
-        gxe.ExpectColumnValuesToBeUnique(column=raw_name("TRANSACTION_ID"), description=unique),
+        gxe.ExpectColumnValuesToBeUnique(column="TRANSACTION_ID", description=unique),
     ]
 
 
@@ -119,11 +129,24 @@ def raw_transactions_suite(
     suite = new_suite("raw_transactions")
     for expectation in (
         *_identified_rows(TRANSACTION_FIELDS, "must be unique"),
+        gxe.ExpectColumnValuesToBeInSet(
+            column=f"TRANSACTION_ID{LANDED}", value_set=[False], description="must not be landed already"
+        ),
+        *(
+            gxe.ExpectColumnValuesToMatchRegex(
+                column=raw_name(column), regex=INTEGER_TEXT, description="must be a non-negative integer"
+            )
+            for column in ("CUSTOMER_ID", "TERMINAL_ID")
+        ),
         gxe.ExpectColumnValuesToMatchRegex(
             column=raw_name("TX_AMOUNT"), regex=NUMBER_TEXT, description="must be a finite number"
         ),
+        gxe.ExpectColumnValuesToNotBeNull(column="TX_AMOUNT", description="must parse to a finite number"),
         gxe.ExpectColumnValuesToBeBetween(
             column="TX_AMOUNT", min_value=0, description="must not be negative"
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="TX_AMOUNT", max_value=MAX_AMOUNT, description=f"must be at most {MAX_AMOUNT:,.0f}"
         ),
         gxe.ExpectColumnValuesToBeInSet(
             column="CUSTOMER_ID", value_set=sorted(set(customers)), description="must be a known customer"
@@ -144,6 +167,15 @@ def fraud_reports_suite(
     suite = new_suite("fraud_reports")
     for expectation in (
         *_identified_rows(REPORT_FIELDS, "one report per transaction"),
+        gxe.ExpectColumnValuesToBeInSet(
+            column=f"TRANSACTION_ID{LANDED}", value_set=[True], description="must name a landed transaction"
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=f"REPORT_DATETIME{DELAY_DAYS}",
+            min_value=0,
+            max_value=LABEL_DELAY_DAYS,
+            description=f"must come 0 to {LABEL_DELAY_DAYS} days after its transaction",
+        ),
         *_in_day("REPORT_DATETIME", window_start, window_end, now),
     ):
         suite.add_expectation(expectation)

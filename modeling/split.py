@@ -58,14 +58,19 @@ class SplitWindow:
         """Exclusive end of the test period."""
         return self.test_start + pd.Timedelta(days=self.test_days)
 
-    def shifted(self, weeks: int) -> "SplitWindow":
-        """Return the same window moved ``weeks`` weeks earlier (later if negative).
+    def shifted(self, periods: int) -> "SplitWindow":
+        """Return the same window moved ``periods`` test periods earlier (later if negative).
 
-        Prequential validation builds its folds this way: each fold trains and
-        tests on an older stretch of the same length.
+        Prequential validation builds its folds this way, as the handbook's
+        ``prequentialSplit`` does: each fold trains and tests on a stretch one
+        assessment (test) period older than the last.
         """
+        return self.earlier(periods * self.test_days)
+
+    def earlier(self, days: int) -> "SplitWindow":
+        """Return the same window moved ``days`` days earlier (later if negative)."""
         return SplitWindow(
-            train_start=self.train_start - pd.Timedelta(weeks=weeks),
+            train_start=self.train_start - pd.Timedelta(days=days),
             train_days=self.train_days,
             delay_days=self.delay_days,
             test_days=self.test_days,
@@ -154,11 +159,10 @@ def train_test_split(df: pd.DataFrame, window: SplitWindow) -> tuple[pd.DataFram
 def prequential_folds(
     df: pd.DataFrame, window: SplitWindow, n_folds: int
 ) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
-    """Cut ``n_folds`` train/test splits, each one week older than the last.
+    """Cut ``n_folds`` train/test splits, each one test period older than the last.
 
     Fold k uses ``window.shifted(k)``, as the handbook's ``prequentialSplit``
-    moves its training start back by k assessment periods (one week with its
-    default 7-day test period). Fold 0 is ``window`` itself, so pass the
+    moves its training start back by k assessment periods. Fold 0 is ``window`` itself, so pass the
     window whose test period is the validation week. Averaging a model's score
     over the folds gives a steadier estimate than one week alone.
 

@@ -85,10 +85,13 @@ def select_params(
 ) -> Selection:
     """Pick the grid point with the best mean `metric` over prequential folds.
 
-    The folds end one test period before `window` (fold k trains k+1 weeks
-    earlier), so the final test week never takes part in the choice.
+    As in the handbook, the most recent fold's test period is the final
+    window's training period (everything moved back by delay + test days): its
+    labels are all known when the final model is trained, and the final test
+    period never takes part in the choice. Older folds step back one test
+    period each.
     """
-    folds = prequential_folds(frame, window.shifted(1), n_folds)
+    folds = prequential_folds(frame, window.earlier(window.delay_days + window.test_days), n_folds)
     results: list[dict[str, Any]] = []
     for params in parameter_grid(grid):
         fold_scores = [evaluate(fit_xgboost(train, params, seed), test)[metric] for train, test in folds]

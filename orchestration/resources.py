@@ -19,6 +19,8 @@ import pandas as pd
 import yaml
 from feast import FeatureStore, RepoConfig
 
+from orchestration.timestamps import lenient_utc
+
 FEATURE_REPO = Path(__file__).resolve().parent.parent / "feature_repo"
 
 
@@ -65,6 +67,24 @@ class LakeResource(dg.ConfigurableResource):
             raise FileNotFoundError(f"{table}: no partition landed under {folder}")
         return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
 
+    def read_column(self, table: str, column: str, exclude_days: Iterable[str] = ()) -> pd.Series:
+        """One column of every landed partition but `exclude_days` (empty if none)."""
+        skip = {f"date={day}" for day in exclude_days}
+        paths = [
+            p
+            for p in sorted((Path(self.root) / table).glob("date=*/part-0.parquet"))
+            if p.parent.name not in skip
+        ]
+        if not paths:
+            return pd.Series([], dtype="float64", name=column)
+        return pd.concat([pd.read_parquet(p, columns=[column])[column] for p in paths], ignore_index=True)
+
+    def quarantine(self, table: str, day: str, frame: pd.DataFrame) -> Path:
+        """Keep a rejected batch out of the lake proper, but not lost: it can be fixed and re-landed."""
+        return _atomic_parquet(
+            Path(self.root) / "quarantine" / table / f"date={day}" / "part-0.parquet", frame
+        )
+
     def read_table(self, table: str) -> pd.DataFrame:
         path = self.table_path(table)
         if not path.exists():
@@ -106,28 +126,25 @@ class EventSourceResource(dg.ConfigurableResource):
     def read(self, name: str) -> pd.DataFrame:
         return pd.read_parquet(self._file(name))
 
-    def read_days(self, name: str, time_column: str, days: list[str]) -> dict[str, pd.DataFrame]:
+    def read_days(
+        self, name: str, time_column: str, days: list[str], first_day: str
+    ) -> dict[str, pd.DataFrame]:
         """Rows of `name` by UTC day of `time_column`, for the days asked.
 
         Times are parsed leniently for routing only (naive ones read as UTC);
-        rows keep their raw values for the checks. A row whose time is
-        missing, unparseable or in the future belongs to no past day: it goes
-        with the last day asked, where the checks flag it, instead of
-        vanishing.
+        rows keep their raw values for the checks. A row that belongs to no
+        partition (time missing or unparseable, before `first_day`, or today or
+        later: no complete day yet) goes with the last day asked, where the
+        checks flag it, instead of vanishing.
         """
         frame = self.read(name)
         if time_column in frame.columns:
-            text = (
-                frame[time_column].astype("string")
-                if frame[time_column].dtype == object
-                else frame[time_column]
-            )
-            times = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+            times = lenient_utc(frame[time_column])
         else:
             times = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
-        day = times.dt.strftime("%Y-%m-%d")
-        unroutable = times.isna() | (times > pd.Timestamp.now(tz="UTC"))
-        day = day.where(~unroutable, max(days))
+        today = pd.Timestamp.now(tz="UTC").normalize()
+        unroutable = times.isna() | (times < pd.Timestamp(first_day, tz="UTC")) | (times >= today)
+        day = times.dt.strftime("%Y-%m-%d").where(~unroutable, max(days))
         return {d: frame[day == d].reset_index(drop=True) for d in days}
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from assets.partitions import HISTORY_START
 from orchestration.definitions import build_definitions
 from orchestration.timestamps import lenient_utc
 
@@ -24,8 +25,10 @@ def source_days(resources: Mapping[str, Any]) -> tuple[str, str]:
             lenient_utc(source.read("fraud_reports")["REPORT_DATETIME"]),
         ]
     )
-    times = times[times <= pd.Timestamp.now(tz="UTC")]
-    return times.min().strftime("%Y-%m-%d"), times.max().strftime("%Y-%m-%d")
+    # Only days that are partitions: from the history's start to yesterday.
+    first = max(times.min(), pd.Timestamp(HISTORY_START, tz="UTC"))
+    last = min(times[times < pd.Timestamp.now(tz="UTC").normalize()].max(), pd.Timestamp.now(tz="UTC"))
+    return first.strftime("%Y-%m-%d"), last.strftime("%Y-%m-%d")
 
 
 def run_pipeline(

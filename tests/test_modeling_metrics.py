@@ -68,12 +68,13 @@ def test_handbook_split_dates() -> None:
     assert HANDBOOK_SPLIT.test_end == _utc("2018-08-15")
 
 
-def test_shifted_moves_whole_weeks() -> None:
+def test_shifted_moves_whole_test_periods() -> None:
     earlier = HANDBOOK_SPLIT.shifted(2)
     assert earlier.train_start == _utc("2018-07-11")
     assert earlier.test_start == _utc("2018-07-25")
     assert HANDBOOK_SPLIT.shifted(-1).test_end == _utc("2018-08-22")
-    assert SplitWindow(_utc("2018-07-25"), 3, 0, 2).shifted(1) == SplitWindow(_utc("2018-07-18"), 3, 0, 2)
+    assert SplitWindow(_utc("2018-07-25"), 3, 0, 2).shifted(1) == SplitWindow(_utc("2018-07-23"), 3, 0, 2)
+    assert HANDBOOK_SPLIT.earlier(14).test_end == _utc("2018-08-01")
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ import mlflow
 import pandas as pd
 import pytest
 
-from assets.validation import validate_transactions
+from assets.validation import validate_reports, validate_transactions
+from orchestration.definitions import build_definitions
 from orchestration.profiles import build_resources
 from orchestration.resources import LakeResource
 from orchestration.runner import run_pipeline
@@ -65,6 +66,9 @@ BAD_CASES = {
     "timestamp out of range": ("TX_DATETIME", "2999-01-01T00:00:00+00:00", "must be an ISO 8601 timestamp"),
     "not a timestamp": ("TX_DATETIME", "yesterday", "must be an ISO 8601 timestamp"),
     "oversized field": ("TERMINAL_ID", "7" * 500, "at most 64 characters"),
+    "fractional id": ("CUSTOMER_ID", "83.0", "must be a non-negative integer"),
+    "overflowing amount": ("TX_AMOUNT", "1e400", "must parse to a finite number"),
+    "absurd amount": ("TX_AMOUNT", "123456789", "must be at most 10,000,000"),
 }
 
 
@@ -90,6 +94,44 @@ def test_duplicated_ids_are_counted(lake: LakeResource, first_days: pd.DataFrame
     failure = next(f for f in report.failures if f.rule == "must be unique")
     assert failure.column == "TRANSACTION_ID"
     assert failure.unexpected == 8  # both copies of each of the 4 ids
+
+
+def test_ids_are_compared_as_numbers(lake: LakeResource, first_days: pd.DataFrame) -> None:
+    bad = pd.concat(
+        [first_days, first_days.head(1).assign(TRANSACTION_ID=lambda f: "0" + f["TRANSACTION_ID"])]
+    )
+    report = validate_transactions(bad.reset_index(drop=True), lake, DAYS)
+    assert any(f.rule == "must be unique" and f.unexpected == 2 for f in report.failures), report.summary()
+
+
+def test_ids_landed_on_other_days_are_duplicates(lake: LakeResource, first_days: pd.DataFrame) -> None:
+    day1 = first_days[first_days["TX_DATETIME"].str.startswith(DAYS[0])]
+    lake.write_partition("transactions", DAYS[0], day1)
+    replay = day1.head(5).assign(TX_DATETIME=lambda f: f["TX_DATETIME"].str.replace(DAYS[0], DAYS[1]))
+    report = validate_transactions(replay, lake, DAYS[1:2])
+    failure = next(f for f in report.failures if f.rule == "must not be landed already")
+    assert (failure.column, failure.unexpected) == ("TRANSACTION_ID", 5)
+    assert validate_transactions(day1, lake, DAYS[:1]).success, "re-landing a day replaces it"
+
+
+def test_bad_reports_are_named(small_data: SimulatedData, lake: LakeResource) -> None:
+    events = small_data.events()
+    lake.write_partition("transactions", "2018-04-01", events[events["TX_DATETIME"] < "2018-04-02"])
+    tx = events.iloc[0]
+    reports = pd.DataFrame(
+        {
+            "TRANSACTION_ID": [int(tx["TRANSACTION_ID"]), 99_999_999, int(events.iloc[1]["TRANSACTION_ID"])],
+            "REPORT_DATETIME": [
+                tx["TX_DATETIME"] - pd.Timedelta(hours=1),
+                tx["TX_DATETIME"] + pd.Timedelta(days=1),
+                tx["TX_DATETIME"] + pd.Timedelta(days=8),
+            ],
+        }
+    )
+    days = ["2018-03-31", "2018-04-01", "2018-04-02", "2018-04-08", "2018-04-09"]
+    summary = validate_reports(reports, lake, days).summary()
+    assert "TRANSACTION_ID: must name a landed transaction: 1 of 3 rows" in summary
+    assert "REPORT_DATETIME: must come 0 to 7 days after its transaction: 2 of 3 rows" in summary
 
 
 def test_missing_column_is_reported(lake: LakeResource, first_days: pd.DataFrame) -> None:
@@ -132,6 +174,14 @@ def test_bad_rows_stop_the_pipeline(small_data: SimulatedData, tmp_path: Path) -
         downstream = ["customer_spending", "terminal_risk", "training_set", "fraud_model", "registered_model"]
         for key in downstream:
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is None, key
+
+        # The rejected batch is quarantined, not published: a separate training run finds nothing to use.
+        lake = resources["lake"]
+        assert not list((Path(lake.root) / "transactions").glob("date=*"))
+        assert list((Path(lake.root) / "quarantine" / "transactions").glob("date=*"))
+        training = build_definitions(resources).resolve_job_def("training_job")
+        with pytest.raises(FileNotFoundError, match="no partition landed"):
+            training.execute_in_process(instance=instance)
     mlflow_store = resources["mlflow"]
     mlflow_store.activate()
     assert mlflow.MlflowClient().search_registered_models() == []

@@ -1,0 +1,103 @@
+"""The event bus interface that Kafka and Redis Streams both implement.
+
+The stream consumer, the simulator and the prediction log talk only to these
+protocols, so a profile picks the backend and no caller changes. Delivery is
+at-least-once: a message counts as handled only once its consumer commits it,
+so a consumer killed between `poll` and `commit` gets it again after restart;
+an exactly-once *effect* is the consumer's job (idempotent writes by event id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple, dataclass, fields
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The bus's topic (Kafka) or stream (Redis) names, one per kind of event."""
+
+    transactions: str
+    fraud_reports: str
+    predictions: str
+    dead_letters: str
+
+    def prefixed(self, prefix: str) -> Topics:
+        """The same topics under a namespace, so tests or tenants sharing one cluster stay apart."""
+        return Topics(**{field.name: prefix + getattr(self, field.name) for field in fields(self)})
+
+    def names(self) -> tuple[str, ...]:
+        """Every topic name, for `EventBus.ensure_topics`."""
+        return astuple(self)
+
+
+TOPICS = Topics(
+    transactions="transactions",
+    fraud_reports="fraud_reports",
+    predictions="predictions",
+    dead_letters="dead_letters",
+)
+
+
+class DeliveryError(RuntimeError):
+    """The bus did not confirm every message sent since the last flush: the sender must send them again."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One event as read from the bus.
+
+    `position` is where the backend holds it ("partition:offset" in Kafka, the
+    entry id in Redis): opaque to callers, it goes into logs and dead letters
+    so a bad event can be found again, and it is what `commit` acknowledges.
+    """
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    position: str
+
+
+class Producer(Protocol):
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Queue one message; it is buffered, so only `flush` says whether it arrived."""
+        ...
+
+    def flush(self, timeout_s: float = 30) -> None:
+        """Wait until every queued message is stored; raise `DeliveryError` otherwise."""
+        ...
+
+
+class Consumer(Protocol):
+    def poll(self, max_messages: int, timeout_s: float) -> list[Message]:
+        """At most `max_messages` messages, or [] once `timeout_s` passes; never commits anything.
+
+        The bound is what keeps a slow sink from piling up data in memory:
+        the caller asks for the next batch only when the last one is handled.
+        """
+        ...
+
+    def commit(self, messages: Sequence[Message]) -> None:
+        """Acknowledge messages this consumer returned, once their effects are durable.
+
+        Kafka commits a cursor per partition, so committing a message also
+        commits every earlier one of its partition: commit batches in order.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the connection; uncommitted messages stay pending for the group."""
+        ...
+
+
+class EventBus(Protocol):
+    def producer(self) -> Producer: ...
+
+    def consumer(self, topic: str, group: str, name: str) -> Consumer:
+        """A consumer of `topic` in consumer group `group`; `name` identifies this instance."""
+        ...
+
+    def ensure_topics(self, topics: Iterable[str]) -> None:
+        """Create the topics that do not exist yet."""
+        ...
