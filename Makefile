@@ -1,9 +1,11 @@
 # fraudpipe: `make help` lists the targets.
 SHELL := /bin/bash
-PROFILE ?= local
+# Prod settings (see .env.prod.example) come from .env when present.
+-include .env
+export
+PROFILE ?= $(or $(FRAUDPIPE_PROFILE),local)
 export FRAUDPIPE_PROFILE := $(PROFILE)
 export DAGSTER_HOME := $(CURDIR)/.dagster_home/$(PROFILE)
-export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 UV ?= uv
 RUN := $(UV) run --frozen
@@ -28,9 +30,10 @@ demo: install $(DAGSTER_HOME)/dagster.yaml ## simulate demo data, run ingestion 
 dev: install $(DAGSTER_HOME)/dagster.yaml ## Dagster UI on http://127.0.0.1:3000 (workspace.yaml)
 	$(RUN) dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-mlflow: install ## MLflow UI on http://127.0.0.1:5000 over the local tracking store
-	$(RUN) mlflow ui --host 127.0.0.1 --port 5000 \
-		--backend-store-uri sqlite:///$(CURDIR)/data/mlflow/mlflow.db
+MLFLOW_STORE = $(if $(filter prod,$(PROFILE)),$(FRAUDPIPE_MLFLOW_PG_URL),sqlite:///$(CURDIR)/data/mlflow/mlflow.db)
+
+mlflow: install ## MLflow UI on http://127.0.0.1:5000 over the profile's tracking store
+	$(RUN) mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$(MLFLOW_STORE)"
 
 rollback: install ## move the MLflow `champion` alias back to the previous champion
 	$(RUN) python -m orchestration rollback

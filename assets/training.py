@@ -122,6 +122,7 @@ def registered_model(
         "data_snapshot_id": snapshot_id(frame),
         "git_sha": _git_sha(),
         "window": json.dumps(summary["window"]),
+        "selection_metric": summary["selection_metric"],
     }
     version = registry.register_model(
         model,
@@ -136,6 +137,20 @@ def registered_model(
     return dg.MaterializeResult(metadata={"model_name": mlflow.model_name, "version": version, **tags})
 
 
+def _incomparable(challenger: dict[str, str], champion: dict[str, str], window: SplitWindow) -> str:
+    """Why the two versions cannot be judged on the challenger's test week ('' if they can)."""
+    if challenger.get("rolled_back") == "true":
+        return "the challenger was rolled back before"
+    if challenger["feature_service"] != champion.get("feature_service"):
+        return (
+            f"feature services differ ({challenger['feature_service']} vs {champion.get('feature_service')})"
+        )
+    champion_window = split_window(json.loads(champion["window"]))
+    if champion_window.train_end > window.test_start and champion_window.train_start < window.test_end:
+        return "the champion was trained on days of the challenger's test week"
+    return ""
+
+
 @dg.asset_check(asset=registered_model, blocking=True, name="check_promotion_gate")
 def check_promotion_gate(lake: LakeResource, mlflow: MLflowResource) -> dg.AssetCheckResult:
     """Promote the challenger to champion only if it beats the champion on the same test week."""
@@ -145,9 +160,10 @@ def check_promotion_gate(lake: LakeResource, mlflow: MLflowResource) -> dg.Asset
     challenger = registry.alias_version(client, name, registry.CHALLENGER)
     if challenger is None:
         return dg.AssetCheckResult(passed=False, description="no challenger is registered")
-    _, summary = _read_model(lake)
-    metric = summary["selection_metric"]
-    _, test = train_test_split(lake.read_table("training_set"), split_window(summary["window"]))
+    tags = client.get_model_version(name, challenger).tags
+    metric = tags["selection_metric"]
+    window = split_window(json.loads(tags["window"]))
+    _, test = train_test_split(lake.read_table("training_set"), window)
     challenger_metrics = evaluate(registry.load_model(name, challenger), test)
     champion = registry.alias_version(client, name, registry.CHAMPION)
     metadata: dict[str, dg.RawMetadataValue] = {
@@ -162,6 +178,14 @@ def check_promotion_gate(lake: LakeResource, mlflow: MLflowResource) -> dg.Asset
             passed=True,
             description=f"v{challenger} is the first champion",
             metadata={**metadata, "promoted": True},
+        )
+    refusal = _incomparable(tags, client.get_model_version(name, champion).tags, window)
+    if refusal:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"v{champion} stays champion: {refusal}",
+            metadata={**metadata, "champion_version": champion, "promoted": False},
         )
     champion_metrics = evaluate(registry.load_model(name, champion), test)
     metadata.update(

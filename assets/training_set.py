@@ -1,14 +1,15 @@
 """The point-in-time training set, built through Feast from the feature service."""
 
+import hashlib
+
 import dagster as dg
 import pandas as pd
 
 from assets.raw import load_reports, load_transactions
 from feature_repo.engine import FEATURE_TIMESTAMP
-from feature_repo.windows import FEATURE_SERVICE_NAME, LABEL_DELAY_DAYS, MODEL_FEATURES
+from feature_repo.windows import FEATURE_SERVICE_NAME, LABEL, LABEL_DELAY_DAYS, MODEL_FEATURES
 from orchestration.resources import FeastResource, LakeResource
 
-LABEL = "TX_FRAUD"
 KEY_COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID")
 
 
@@ -64,8 +65,10 @@ def build_training_set(feast: FeastResource, labelled: pd.DataFrame) -> pd.DataF
 
 
 def snapshot_id(frame: pd.DataFrame) -> str:
-    """A content hash of a table: equal ids mean byte-for-byte equal training data."""
-    return f"{int(pd.util.hash_pandas_object(frame, index=False).sum()) & (2**64 - 1):016x}"
+    """A content hash of a table: its columns, dtypes and every row in order."""
+    digest = hashlib.sha256(repr([(c, str(t)) for c, t in frame.dtypes.items()]).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dg.asset(group_name="training", deps=["feature_registry"], kinds={"feast", "parquet"})

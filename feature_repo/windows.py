@@ -126,3 +126,6 @@ MODEL_FEATURES: tuple[str, ...] = (
 """The model's 15 inputs, in the column order it is trained and served with."""
 
 FEATURE_SERVICE_NAME = "fraud_model_v1"
+
+LABEL = "TX_FRAUD"
+"""The training target: 1 when the transaction was reported as fraud."""

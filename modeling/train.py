@@ -14,11 +14,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from feature_repo.windows import MODEL_FEATURES
+from feature_repo.windows import LABEL, MODEL_FEATURES
 from modeling.metrics import fraud_metrics
 from modeling.split import SplitWindow, prequential_folds, train_test_split
-
-LABEL = "TX_FRAUD"
 
 
 class Classifier(Protocol):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import typer
+from dagster._core.errors import DagsterHomeNotSetError
 
 from modeling import registry
 from orchestration.postgres import ensure_database
@@ -48,7 +49,14 @@ def demo(
     else:
         _echo_step(f"reusing the source data in {source} (--regenerate to simulate again)", started)
     _echo_step(f"running ingestion_job and training_job (profile {profile})", started)
-    results = run_pipeline(resources, dg.DagsterInstance.get(), log_level="INFO")
+    try:
+        instance = dg.DagsterInstance.get()
+    except DagsterHomeNotSetError as err:
+        typer.secho(
+            "DAGSTER_HOME is not set: run `make demo`, or point it at a folder", fg=typer.colors.RED, err=True
+        )
+        raise typer.Exit(2) from err
+    results = run_pipeline(resources, instance, log_level="INFO")
     training = results["training_job"]
     _echo_step("pipeline finished", started)
 
