@@ -51,39 +51,29 @@ class LakeResource(dg.ConfigurableResource):
     def write_table(self, table: str, frame: pd.DataFrame) -> Path:
         return _atomic_parquet(self.table_path(table), frame)
 
-    def read_partitions(self, table: str, days: Iterable[str] | None = None) -> pd.DataFrame:
-        """Concatenate partitions (all landed ones by default), in day order."""
-        folder = Path(self.root) / table
-        wanted = sorted(days) if days is not None else None
-        paths = (
-            [self.partition_path(table, day) for day in wanted]
-            if wanted is not None
-            else sorted(folder.glob("date=*/part-0.parquet"))
-        )
-        missing = [str(p) for p in paths if not p.exists()]
-        if missing:
-            raise FileNotFoundError(f"{table}: partitions not landed yet: {missing[:5]}")
+    def _landed(self, table: str, exclude_days: Iterable[str] = ()) -> list[Path]:
+        """Landed partition files of `table` in day order, but those of `exclude_days`."""
+        skip = {f"date={day}" for day in exclude_days}
+        files = sorted((Path(self.root) / table).glob("date=*/part-0.parquet"))
+        return [p for p in files if p.parent.name not in skip]
+
+    def read_partitions(self, table: str) -> pd.DataFrame:
+        """Every landed partition, concatenated in day order."""
+        paths = self._landed(table)
         if not paths:
-            raise FileNotFoundError(f"{table}: no partition landed under {folder}")
+            raise FileNotFoundError(f"{table}: no partition landed under {Path(self.root) / table}")
         return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
 
     def read_column(self, table: str, column: str, exclude_days: Iterable[str] = ()) -> pd.Series:
         """One column of every landed partition but `exclude_days` (empty if none)."""
-        skip = {f"date={day}" for day in exclude_days}
-        paths = [
-            p
-            for p in sorted((Path(self.root) / table).glob("date=*/part-0.parquet"))
-            if p.parent.name not in skip
-        ]
+        paths = self._landed(table, exclude_days)
         if not paths:
             return pd.Series([], dtype="float64", name=column)
         return pd.concat([pd.read_parquet(p, columns=[column])[column] for p in paths], ignore_index=True)
 
     def quarantine(self, table: str, day: str, frame: pd.DataFrame) -> Path:
         """Keep a rejected batch out of the lake proper, but not lost: it can be fixed and re-landed."""
-        return _atomic_parquet(
-            Path(self.root) / "quarantine" / table / f"date={day}" / "part-0.parquet", frame
-        )
+        return _atomic_parquet(self.partition_path(f"quarantine/{table}", day), frame)
 
     def read_table(self, table: str) -> pd.DataFrame:
         path = self.table_path(table)

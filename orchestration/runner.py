@@ -27,7 +27,7 @@ def source_days(resources: Mapping[str, Any]) -> tuple[str, str]:
     )
     # Only days that are partitions: from the history's start to yesterday.
     first = max(times.min(), pd.Timestamp(HISTORY_START, tz="UTC"))
-    last = min(times[times < pd.Timestamp.now(tz="UTC").normalize()].max(), pd.Timestamp.now(tz="UTC"))
+    last = times[times < pd.Timestamp.now(tz="UTC").normalize()].max()
     return first.strftime("%Y-%m-%d"), last.strftime("%Y-%m-%d")
 
 
