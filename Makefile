@@ -12,7 +12,7 @@ RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo dev mlflow test test-integration lint typecheck format rollback \
-	simulate bench prod-init clean
+	simulate bench prod-init clean consume produce replay push
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -40,6 +40,20 @@ rollback: install ## move the MLflow `champion` alias back to the previous champ
 
 simulate: install ## generate the full default dataset (5,000 cards, 183 days) into data/source
 	$(RUN) python -m simulator generate --out data/source
+
+consume: install ## stream consumer: land events, keep online features fresh (local: hosts the Kafka broker)
+	$(RUN) python -m streaming consume
+
+RATE ?= 0
+produce: install ## send the simulated data to the bus in event-time order (FROM=, TO= days, RATE= events/s)
+	$(RUN) python -m streaming produce $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) --rate $(RATE)
+
+replay: install ## re-land FROM..TO from the bus and rebuild the online features (idempotent)
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make replay FROM=2018-05-01 TO=2018-05-07"; exit 2; }
+	$(RUN) python -m streaming replay --from $(FROM) --to $(TO)
+
+push: install ## HTTP push endpoint on http://127.0.0.1:8090 appending to the bus
+	$(RUN) python -m streaming push
 
 prod-init: install ## create the prod databases (PROFILE=prod, variables of .env.prod.example)
 	$(RUN) python -m orchestration prod-init

@@ -38,7 +38,8 @@ def to_ns(times: pd.Series | pd.DatetimeIndex, column: str) -> np.ndarray:
     index = pd.DatetimeIndex(times)
     if index.tz is None:
         raise ValueError(f"{column}: timestamps must be timezone-aware (UTC), got naive values")
-    return np.asarray(index.asi8, dtype=np.int64)
+    # asi8 counts in the index's own unit: a datetime64[us] column would read 1000x too small.
+    return np.asarray(index.as_unit("ns").asi8, dtype=np.int64)
 
 
 def reported_labels(

@@ -87,7 +87,7 @@ def demo(
 def rollback() -> None:
     """Move the `champion` alias back to the previous champion."""
     resources = build_resources(active_profile())
-    mlflow = resources["mlflow"]
+    mlflow = resources["mlflow"].process_config_and_initialize()  # resolves dg.EnvVar fields (prod)
     mlflow.activate()
     try:
         demoted, restored = registry.rollback(mlflow.client(), mlflow.model_name)

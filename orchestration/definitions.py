@@ -1,11 +1,12 @@
-"""The Dagster code location: assets, checks, jobs and the active profile's resources."""
+"""The Dagster code location: assets, checks, jobs, sensors and the active profile's resources."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from assets import features, ingestion, training, training_set, validation
+from assets import features, ingestion, stream, training, training_set, validation
 from orchestration.profiles import active_profile, build_resources
+from orchestration.sensors import stream_landing_sensor
 
 training_job = dg.define_asset_job(
     "training_job",
@@ -19,7 +20,7 @@ ingestion_job = dg.define_asset_job(
     description="Land a range of days of raw transactions and fraud reports, with their checks.",
 )
 
-ASSET_MODULES = (ingestion, features, training_set, training)
+ASSET_MODULES = (ingestion, stream, features, training_set, training)
 
 
 def build_definitions(resources: dict[str, object]) -> dg.Definitions:
@@ -31,6 +32,7 @@ def build_definitions(resources: dict[str, object]) -> dg.Definitions:
             *validation.checks,
         ],
         jobs=[ingestion_job, training_job],
+        sensors=[stream_landing_sensor],
         resources=resources,
     )
 

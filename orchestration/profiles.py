@@ -19,9 +19,11 @@ from orchestration.resources import (
     LakeResource,
     MLflowResource,
 )
+from streaming.resources import LOCAL_BROKER_SCHEME, StreamResource
 
 ProfileName = Literal["local", "prod"]
 PROFILES: tuple[ProfileName, ...] = ("local", "prod")
+SOURCES = ("files", "stream")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
 
@@ -34,23 +36,39 @@ def active_profile() -> ProfileName:
     return cast(ProfileName, name)
 
 
-def build_resources(profile: ProfileName, data_dir: Path | None = None) -> dict[str, Any]:
+def build_resources(
+    profile: ProfileName, data_dir: Path | None = None, source: str | None = None
+) -> dict[str, Any]:
     """The resources of a profile.
 
     Args:
         profile: `local` or `prod`.
         data_dir: where the lake, the simulator's source data and local stores
             live; FRAUDPIPE_DATA_DIR or `data/` by default.
+        source: where ingestion reads raw events: `files` (the simulator's
+            output, for batch runs) or `stream` (what the stream consumer
+            landed); FRAUDPIPE_SOURCE or `files` by default.
     """
     data = Path(data_dir or os.environ.get("FRAUDPIPE_DATA_DIR") or DEFAULT_DATA_DIR).resolve()
     project = os.environ.get("FRAUDPIPE_FEAST_PROJECT", "fraudpipe")
+    source = (source or os.environ.get("FRAUDPIPE_SOURCE", "files")).strip().lower()
+    if source not in SOURCES:
+        raise ValueError(f"FRAUDPIPE_SOURCE={source!r} is not one of {', '.join(SOURCES)}")
+    landing = data / "stream" / "landing"
     common: dict[str, Any] = {
         "lake": LakeResource(root=str(data / "lake")),
-        "source": EventSourceResource(path=str(data / "source")),
+        "source": EventSourceResource(
+            path=str(data / "source"), stream_path=str(landing) if source == "stream" else ""
+        ),
     }
     if profile == "local":
         return {
             **common,
+            "stream": StreamResource(
+                bus_url=f"{LOCAL_BROKER_SCHEME}://{data / 'stream' / 'broker.json'}",
+                online_url=f"sqlite:///{data / 'online' / 'event_buffers.db'}",
+                landing_path=str(landing),
+            ),
             "feast": FeastResource(profile="local", data_dir=str(data), project=project),
             "mlflow": MLflowResource(
                 tracking_uri=f"sqlite:///{data / 'mlflow' / 'mlflow.db'}",
@@ -59,6 +77,12 @@ def build_resources(profile: ProfileName, data_dir: Path | None = None) -> dict[
         }
     return {
         **common,
+        "stream": StreamResource(
+            bus_url=dg.EnvVar("FRAUDPIPE_BUS_URL"),
+            online_url=dg.EnvVar("FRAUDPIPE_ONLINE_URL"),
+            online_prefix="fraudpipe:online:",
+            landing_path=str(landing),
+        ),
         "feast": FeastResource(
             profile="prod",
             data_dir=str(data),

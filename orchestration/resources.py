@@ -3,6 +3,8 @@
 Each is a `ConfigurableResource` whose configuration differs by profile
 (`orchestration.profiles`), so assets never know which backend they talk to
 and tests swap a directory or a database URL instead of patching code.
+Feast and MLflow are imported where used: they take seconds to import, and
+processes that only read the profile (the stream consumer) never need them.
 """
 
 from __future__ import annotations
@@ -12,14 +14,19 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from string import Template
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import mlflow
 import pandas as pd
 import yaml
-from feast import FeatureStore, RepoConfig
 
 from orchestration.timestamps import lenient_utc
+from streaming.landing import TABLES as LANDING_TABLES
+from streaming.landing import StreamLanding
+
+if TYPE_CHECKING:
+    import mlflow
+    from feast import FeatureStore, RepoConfig
 
 FEATURE_REPO = Path(__file__).resolve().parent.parent / "feature_repo"
 
@@ -96,13 +103,28 @@ def _atomic_parquet(path: Path, frame: pd.DataFrame) -> Path:
 
 
 class EventSourceResource(dg.ConfigurableResource):
-    """Where raw events come from before they are landed: a directory of parquet files.
+    """Where raw events come from before they are landed.
 
-    Locally that is the simulator's output (`python -m simulator generate`);
-    the stream consumer replaces it with what it reads off the bus.
+    In file mode (`stream_path` empty) that is a directory of parquet files,
+    locally the simulator's output (`python -m simulator generate`). In stream
+    mode transactions and fraud reports come instead from the stream
+    consumer's landing area (`streaming.landing`), while reference data
+    (customers, terminals) still comes from `path`.
+
+    `stream_grace_minutes` is how long after a day ends its events may still
+    be on their way (producer buffering, consumer lag between partitions): the
+    stream sensor treats a day as complete only once every transactions
+    consumer's watermark is that far past the day's end. Events later still
+    are not lost: they change the day's files, and the sensor lands it again.
     """
 
     path: str
+    stream_path: str = ""
+    stream_grace_minutes: int = 60
+
+    def stream(self) -> StreamLanding | None:
+        """The stream landing area, or None in file mode."""
+        return StreamLanding(Path(self.stream_path)) if self.stream_path else None
 
     def _file(self, name: str) -> Path:
         file = Path(self.path) / f"{name}.parquet"
@@ -126,7 +148,15 @@ class EventSourceResource(dg.ConfigurableResource):
         partition (time missing or unparseable, before `first_day`, or today or
         later: no complete day yet) goes with the last day asked, where the
         checks flag it, instead of vanishing.
+
+        In stream mode the landing area has already placed each row in its UTC
+        day, so a day is read as landed. Landed days before `first_day` go with
+        the last day asked, as in file mode; days from today on are not
+        complete yet, so they wait for their own partition instead.
         """
+        landing = self.stream()
+        if landing is not None and name in LANDING_TABLES:
+            return self._landed_days(landing, name, time_column, days, first_day)
         frame = self.read(name)
         if time_column in frame.columns:
             times = lenient_utc(frame[time_column])
@@ -136,6 +166,21 @@ class EventSourceResource(dg.ConfigurableResource):
         unroutable = times.isna() | (times < pd.Timestamp(first_day, tz="UTC")) | (times >= today)
         day = times.dt.strftime("%Y-%m-%d").where(~unroutable, max(days))
         return {d: frame[day == d].reset_index(drop=True) for d in days}
+
+    @staticmethod
+    def _landed_days(
+        landing: StreamLanding, name: str, time_column: str, days: list[str], first_day: str
+    ) -> dict[str, pd.DataFrame]:
+        if LANDING_TABLES[name].time_column != time_column:
+            raise ValueError(
+                f"{name} is landed by {LANDING_TABLES[name].time_column}, not {time_column}: "
+                "the stream and the asset disagree on which time picks the partition"
+            )
+        by_day = {d: landing.read_day(name, d) for d in days}
+        early = [landing.read_day(name, d) for d in landing.days(name) if d < first_day]
+        if early:
+            by_day[max(days)] = pd.concat([by_day[max(days)], *early], ignore_index=True)
+        return by_day
 
 
 class FeastResource(dg.ConfigurableResource):
@@ -155,6 +200,8 @@ class FeastResource(dg.ConfigurableResource):
         return FEATURE_REPO / "profiles" / self.profile / "feature_store.yaml"
 
     def repo_config(self) -> RepoConfig:
+        from feast import RepoConfig
+
         text = Template(self.yaml_path().read_text()).substitute(
             FEAST_PROJECT=self.project,
             DATA_DIR=self.data_dir,
@@ -166,6 +213,8 @@ class FeastResource(dg.ConfigurableResource):
         return config
 
     def store(self) -> FeatureStore:
+        from feast import FeatureStore
+
         (Path(self.data_dir) / "feast").mkdir(parents=True, exist_ok=True)
         return FeatureStore(config=self.repo_config())
 
@@ -180,6 +229,8 @@ class MLflowResource(dg.ConfigurableResource):
 
     def activate(self) -> str:
         """Point the mlflow client at this store and return the experiment id."""
+        import mlflow
+
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -195,4 +246,6 @@ class MLflowResource(dg.ConfigurableResource):
         )
 
     def client(self) -> mlflow.MlflowClient:
+        import mlflow
+
         return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)

@@ -44,6 +44,15 @@ class DeliveryError(RuntimeError):
     """The bus did not confirm every message sent since the last flush: the sender must send them again."""
 
 
+class CommitLostError(RuntimeError):
+    """The group was rebalanced while a batch was handled: its commit was refused.
+
+    Nothing is lost: the batch will be delivered again, to this member or to
+    the one that now holds its partition, and an idempotent consumer just
+    carries on.
+    """
+
+
 @dataclass(frozen=True)
 class Message:
     """One event as read from the bus.
@@ -83,6 +92,16 @@ class Consumer(Protocol):
 
         Kafka commits a cursor per partition, so committing a message also
         commits every earlier one of its partition: commit batches in order.
+        Raises `CommitLostError` when a rebalance took the partition meanwhile.
+        """
+        ...
+
+    def lag(self) -> int | None:
+        """Messages of the topic this consumer's group has not committed yet; None while unknown.
+
+        Kafka: the high watermark less the committed offset over the partitions
+        this member holds; Redis: entries not yet delivered plus those pending.
+        It asks the server, so call it once per status update, not per batch.
         """
         ...
 

@@ -125,6 +125,13 @@ class RedisStreamConsumer:
         self._client.xack(self._stream, self._group, *ids)
         self._in_flight.difference_update(ids)
 
+    def lag(self) -> int | None:
+        for group in self._client.xinfo_groups(self._stream):
+            if group["name"].decode() == self._group:
+                # `lag` is None when Redis cannot tell (entries deleted from the middle of the stream).
+                return None if group.get("lag") is None else int(group["lag"]) + int(group["pending"])
+        return None
+
     def close(self) -> None:
         self._client.close()
 

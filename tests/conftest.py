@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import pytest
+import redis
 
 from orchestration.profiles import build_resources
 from orchestration.runner import run_pipeline
 from simulator import SimulatedData, SimulatorConfig, simulate, write_dataset
+from streaming.bus_kafka import mock_kafka_cluster
+
+if TYPE_CHECKING:
+    from streaming.resources import StreamResource
 
 SMALL = SimulatorConfig(
     n_customers=300,
@@ -51,3 +57,57 @@ def pipeline_run(
     with dg.instance_for_test() as instance:
         results = run_pipeline(resources, instance, FAST_MODEL)
         yield PipelineRun(small_data, data_dir, resources, results)
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """librdkafka's mock Kafka cluster, hosted by the test session; other processes may connect."""
+    with mock_kafka_cluster() as servers:
+        yield servers
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    """A unique prefix for topics and Redis keys; the Redis keys under it are deleted afterwards."""
+    prefix = f"test{uuid.uuid4().hex[:10]}."
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def stream_resource(
+    backend: str, root: Path, namespace: str, kafka_bootstrap: str, **fields: Any
+) -> StreamResource:
+    """A stream configuration in its own namespace: Kafka (mock cluster) with SQLite online buffers,
+    or Redis Streams with Redis online buffers, so both production pairings are exercised."""
+    from streaming.resources import StreamResource
+
+    if backend == "kafka":
+        bus_url, online_url, online_prefix = (
+            f"kafka://{kafka_bootstrap}",
+            f"sqlite:///{root / 'online.db'}",
+            "",
+        )
+    else:
+        bus_url, online_url, online_prefix = REDIS_URL, REDIS_URL, namespace
+    settings: dict[str, Any] = {
+        "bus_url": bus_url,
+        "online_url": online_url,
+        "landing_path": str(root / "landing"),
+        "topic_prefix": namespace,
+        "online_prefix": online_prefix,
+        "group": "landing",
+        "session_timeout_ms": 6_000,
+        "metrics_port": 0,
+        **fields,
+    }
+    return StreamResource(**settings)
+
+
+BACKENDS = ["kafka", pytest.param("redis", marks=pytest.mark.integration)]

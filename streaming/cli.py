@@ -1,0 +1,241 @@
+"""`python -m streaming consume | produce | replay | push | broker`: the streaming side's processes.
+
+Every command reads the profile's `StreamResource` (`orchestration.profiles`);
+`--set field=value` overrides one of its fields for this process (a test's
+topic prefix, an operator's second online store), so there is still one
+configuration, not a second set of flags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from feature_repo.windows import FEATURE_GROUPS
+from orchestration.profiles import active_profile, build_resources
+from streaming.bus_kafka import mock_kafka_cluster
+from streaming.consumer import ConsumerSettings, StreamConsumer, TimeWindow, Totals
+from streaming.http_push import DEFAULT_PORT, create_app, serve
+from streaming.resources import LocalBrokerMissingError, StreamResource
+from streaming.traffic import in_window, send_events
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+log = logging.getLogger("streaming")
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a field of the profile's StreamResource, e.g. --set batch_size=500 (repeatable).",
+    ),
+]
+REPLAY_LOOKBACK = timedelta(days=max(group.horizon_days for group in FEATURE_GROUPS))
+"""How far before a replay's first day the online features need events."""
+
+
+def stream_resource(overrides: list[str] | None) -> StreamResource:
+    """The profile's stream configuration, environment variables resolved, with `overrides` applied."""
+    resource = build_resources(active_profile())["stream"].process_config_and_initialize()
+    updates: dict[str, Any] = {}
+    for item in overrides or []:
+        name, sep, value = item.partition("=")
+        if not sep or name not in StreamResource.model_fields:
+            fields = ", ".join(StreamResource.model_fields)
+            raise typer.BadParameter(f"{item!r}: expected field=value with field one of {fields}")
+        updates[name] = value
+    return StreamResource(**{**resource.model_dump(), **updates}) if updates else resource
+
+
+def _broker_alive(stream: StreamResource) -> bool:
+    try:
+        stream.local_broker_address()
+    except LocalBrokerMissingError:
+        return False
+    file = stream.local_broker_file
+    assert file is not None
+    pid = int(json.loads(file.read_text())["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@contextmanager
+def _local_broker(stream: StreamResource) -> Iterator[None]:
+    """Host the local profile's mock Kafka cluster in this process unless another process does."""
+    if stream.local_broker_file is None or _broker_alive(stream):
+        yield
+        return
+    with mock_kafka_cluster() as servers:
+        stream.publish_local_broker(servers)
+        log.info("hosting the local Kafka broker at %s (its data lives as long as this process)", servers)
+        yield
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM and Ctrl-C finish the current batch and commit it, then exit."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _progress_logger(every_s: float = 5.0) -> Any:
+    """Log events/s and totals every `every_s` seconds, so a long consume shows it is alive."""
+    state = {"last": time.monotonic(), "events": 0}
+
+    def on_batch(table: str, batch: Totals) -> None:
+        state["events"] += batch.messages
+        now = time.monotonic()
+        if now - state["last"] >= every_s:
+            log.info(
+                "%.0f events/s (latest batch: %s %s)", state["events"] / (now - state["last"]), table, batch
+            )
+            state.update(last=now, events=0)
+
+    return on_batch
+
+
+def _run(stream: StreamResource, settings: ConsumerSettings, idle_exit: float | None, clear: bool) -> None:
+    online = stream.online()
+    if clear:
+        online.clear()
+    with StreamConsumer(stream.bus(), stream.topics(), stream.landing(), online, settings) as consumer:
+        if stream.metrics_port:
+            consumer.metrics.serve(stream.metrics_port)
+            log.info("metrics on http://127.0.0.1:%d/metrics", stream.metrics_port)
+        totals = consumer.run(_stop_on_signals(), idle_exit, on_batch=_progress_logger())
+    for table, total in totals.items():
+        typer.echo(
+            f"{table}: {total.messages} read, {total.landed} landed, {total.duplicates} already landed, "
+            f"{total.dead_letters} dead letters, {total.skipped} outside the window, lag {total.lag}"
+        )
+
+
+@app.command()
+def consume(
+    name: str = typer.Option("consumer-0", help="This member of the consumer group."),
+    idle_exit: float | None = typer.Option(
+        None, help="Exit once the group has committed everything and nothing came for this many seconds."
+    ),
+    overrides: Overrides = None,
+) -> None:
+    """Land events from the bus and keep the online features fresh, until stopped."""
+    stream = stream_resource(overrides)
+    settings = ConsumerSettings(group=stream.group, name=name, batch_size=stream.batch_size)
+    with _local_broker(stream):
+        _run(stream, settings, idle_exit, clear=False)
+
+
+def _day(text: str) -> datetime:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a day like 2018-04-01") from None
+
+
+@app.command()
+def replay(
+    start: str = typer.Option(..., "--from", help="First day to re-land (YYYY-MM-DD)."),
+    end: str = typer.Option(..., "--to", help="Last day to re-land, included."),
+    rebuild_online: bool = typer.Option(
+        True,
+        help="Empty the online store first and rebuild it from the bus (stop the live consumer, "
+        "or point --set online_prefix=... at a fresh store and switch serving to it).",
+    ),
+    idle_exit: float = typer.Option(5.0, help="Seconds without a message, once caught up, before exiting."),
+    overrides: Overrides = None,
+) -> None:
+    """Re-land a period from the bus and rebuild the online features; idempotent.
+
+    A consumer group of its own reads the bus from its start: events of
+    [FROM, TO] are landed again (ids already landed are skipped), and the
+    online store gets every event from the features' horizon before FROM on,
+    so reads at FROM and later are exact. The bus must still hold that span.
+    """
+    first, last = _day(start), _day(end)
+    if last < first:
+        raise typer.BadParameter(f"--to {end} is before --from {start}")
+    stream = stream_resource(overrides)
+    settings = ConsumerSettings(
+        group=f"{stream.group}-replay-{uuid.uuid4().hex[:8]}",
+        name=f"replay-{start}-{end}",
+        batch_size=stream.batch_size,
+        land_window=TimeWindow(first, last + timedelta(days=1)),
+        online_window=TimeWindow(first - REPLAY_LOOKBACK, last + timedelta(days=1)),
+    )
+    _run(stream.model_copy(update={"metrics_port": 0}), settings, idle_exit, clear=rebuild_online)
+
+
+@app.command()
+def produce(
+    source: Annotated[
+        Path | None,
+        typer.Option(help="Simulated data (python -m simulator generate); default: the profile's source."),
+    ] = None,
+    start: str | None = typer.Option(None, "--from", help="First day to send (YYYY-MM-DD); default: all."),
+    end: str | None = typer.Option(None, "--to", help="Last day to send, included."),
+    rate: float = typer.Option(0.0, help="Events per second; 0 sends as fast as the bus takes them."),
+    overrides: Overrides = None,
+) -> None:
+    """Send simulated transactions and fraud reports to the bus, in event-time order."""
+    from simulator import read_dataset
+
+    stream = stream_resource(overrides)
+    data = read_dataset(source or Path(build_resources(active_profile())["source"].path))
+    first = _day(start) if start else None
+    after = _day(end) + timedelta(days=1) if end else None
+    transactions = in_window(data.events(), "TX_DATETIME", first, after)
+    reports = in_window(data.fraud_reports, "REPORT_DATETIME", first, after)
+    bus = stream.bus()
+    bus.ensure_topics(stream.topics().names())
+    sent = send_events(bus.producer(), stream.topics(), transactions, reports, rate=rate, progress=True)
+    typer.echo(f"sent {sent} events ({len(transactions)} transactions, {len(reports)} fraud reports)")
+
+
+@app.command()
+def push(
+    port: int = typer.Option(DEFAULT_PORT, help="Port of the HTTP push endpoint."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback unless exposed on purpose."),
+    overrides: Overrides = None,
+) -> None:
+    """Serve the HTTP push endpoint: apps POST events, it appends them to the bus."""
+    stream = stream_resource(overrides)
+    bus = stream.bus()
+    bus.ensure_topics(stream.topics().names())
+    serve(create_app(bus, stream.topics()), host=host, port=port)
+
+
+@app.command()
+def broker(overrides: Overrides = None) -> None:
+    """Host the local profile's Kafka broker (librdkafka's mock cluster) until stopped."""
+    stream = stream_resource(overrides)
+    if stream.local_broker_file is None:
+        raise typer.BadParameter(f"the bus is {stream.bus_url}, not the local broker")
+    if _broker_alive(stream):
+        typer.echo(f"a local broker already runs at {stream.local_broker_address()}")
+        return
+    stop = _stop_on_signals()
+    with _local_broker(stream):
+        typer.echo(f"local broker at {stream.local_broker_address()}; Ctrl-C stops it")
+        stop.wait()
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )

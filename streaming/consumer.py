@@ -1,0 +1,366 @@
+"""The stream consumer: events off the bus, validated, landed, and applied to the online features.
+
+Each micro-batch goes through the same steps, in an order chosen so that a
+process killed at any instant loses nothing and duplicates nothing:
+
+1. poll at most `batch_size` messages: nothing more is fetched until this batch
+   is committed, so a slow sink slows the consumer down instead of filling memory;
+2. decode each one; a refused event becomes a dead letter (reason, topic,
+   position) sent to the dead-letter topic and flushed before anything else;
+3. land the good events in the lake's stream area, durably (fsync), skipping ids
+   already landed: a redelivered event never lands twice;
+4. apply them to the online event buffers, idempotent by transaction id;
+5. commit. A crash before this point means the whole batch comes again, and
+   steps 2 to 4 make the second pass a no-op for what the first one finished.
+
+So delivery is at-least-once and the effect exactly-once, for the lake and the
+online store alike; a dead letter may be written twice (it carries its source
+position, so duplicates are recognisable).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import pandas as pd
+
+from streaming.bus import CommitLostError, Consumer, EventBus, Producer, Topics
+from streaming.events import (
+    MAX_FUTURE,
+    Rejection,
+    dead_letter,
+    decode_report,
+    decode_transaction,
+    reports_to_frame,
+    transactions_to_frame,
+)
+from streaming.landing import ConsumerStatus, StreamLanding
+from streaming.metrics import ConsumerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class OnlineSink(Protocol):
+    """What the consumer needs of the online store (`streaming.online`)."""
+
+    def add_transactions(self, frame: pd.DataFrame) -> None: ...
+
+    def add_reports(self, frame: pd.DataFrame) -> None: ...
+
+    def trim(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class EventKind:
+    """One kind of event: its topic, how it is decoded, where it lands and how it feeds the features."""
+
+    topic: Callable[[Topics], str]
+    table: str
+    time_column: str
+    decode: Callable[[bytes, datetime, timedelta], Any]
+    to_frame: Callable[[Sequence[Any]], pd.DataFrame]
+    apply_online: Callable[[OnlineSink, pd.DataFrame], None]
+
+
+TRANSACTIONS = EventKind(
+    topic=lambda topics: topics.transactions,
+    table="transactions",
+    time_column="TX_DATETIME",
+    decode=decode_transaction,
+    to_frame=transactions_to_frame,
+    apply_online=lambda online, frame: online.add_transactions(frame),
+)
+FRAUD_REPORTS = EventKind(
+    topic=lambda topics: topics.fraud_reports,
+    table="fraud_reports",
+    time_column="REPORT_DATETIME",
+    decode=decode_report,
+    to_frame=reports_to_frame,
+    apply_online=lambda online, frame: online.add_reports(frame),
+)
+EVENT_KINDS = (TRANSACTIONS, FRAUD_REPORTS)
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """Event times [start, end): what a replay re-lands or re-applies."""
+
+    start: datetime
+    end: datetime
+
+    def mask(self, times: pd.Series) -> pd.Series:
+        return (times >= self.start) & (times < self.end)
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """How the consumer reads.
+
+    Attributes:
+        group: the consumer group: members of one group share the work; a
+            replay uses a group of its own so it reads the bus from its start.
+        name: this member, also the name of its status file.
+        batch_size: messages per micro-batch, the bound on data in flight
+            (at most `batch_size` × `MAX_EVENT_BYTES` of payload per topic).
+        poll_timeout_s: how long an idle poll waits for the first message.
+        max_future: clock skew allowed to producers (events further ahead are refused).
+        status_every_s: how often lag and the status file are refreshed.
+        land_window: land only events in this window (replay); None lands all.
+        online_window: apply only events in this window to the online store
+            (replay); None applies all.
+    """
+
+    group: str = "fraudpipe-landing"
+    name: str = "consumer-0"
+    batch_size: int = 2_000
+    poll_timeout_s: float = 0.5
+    max_future: timedelta = MAX_FUTURE
+    status_every_s: float = 5.0
+    land_window: TimeWindow | None = None
+    online_window: TimeWindow | None = None
+
+
+@dataclass
+class Totals:
+    """What one topic's consumer did since it started."""
+
+    messages: int = 0
+    landed: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    skipped: int = 0
+    watermark: datetime | None = None
+    """The latest event time landed (durably) so far: the stream sensor's notion of progress.
+    Events come roughly in time order; its grace period covers the stragglers."""
+    applied: datetime | None = None
+    """The latest event time applied to the online features."""
+    lag: int | None = None
+
+    def add(self, other: Totals) -> None:
+        self.messages += other.messages
+        self.landed += other.landed
+        self.duplicates += other.duplicates
+        self.dead_letters += other.dead_letters
+        self.skipped += other.skipped
+        self.watermark = _latest(self.watermark, other.watermark)
+        self.applied = _latest(self.applied, other.applied)
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class TopicConsumer:
+    """One topic's micro-batch loop (see the module docstring for the order of its steps)."""
+
+    kind: EventKind
+    consumer: Consumer
+    producer: Producer
+    topics: Topics
+    landing: StreamLanding
+    online: OnlineSink
+    settings: ConsumerSettings
+    metrics: ConsumerMetrics
+    clock: Callable[[], datetime] = _utc_now
+    totals: Totals = field(default_factory=Totals)
+
+    @property
+    def topic(self) -> str:
+        return self.kind.topic(self.topics)
+
+    def step(self, timeout_s: float) -> Totals:
+        """Handle one micro-batch, waiting up to `timeout_s` for it; returns what it did."""
+        messages = self.consumer.poll(self.settings.batch_size, timeout_s)
+        batch = Totals(messages=len(messages))
+        if not messages:
+            return batch
+        started = time.perf_counter()
+        self.metrics.in_flight.labels(self.topic).set(len(messages))
+        now = self.clock()
+        good = []
+        for message in messages:
+            decoded = self.kind.decode(message.value, now, self.settings.max_future)
+            if isinstance(decoded, Rejection):
+                record = dead_letter(decoded, message.topic, message.position, self.settings.name, now)
+                self.producer.send(self.topics.dead_letters, record, key=message.key)
+                batch.dead_letters += 1
+            else:
+                good.append(decoded)
+        if batch.dead_letters:
+            self.producer.flush()
+        frame = self.kind.to_frame(good)
+        times = frame[self.kind.time_column]
+        to_land = frame if self.settings.land_window is None else frame[self.settings.land_window.mask(times)]
+        to_apply = (
+            frame if self.settings.online_window is None else frame[self.settings.online_window.mask(times)]
+        )
+        if len(to_land):
+            landed = self.landing.land(self.kind.table, to_land)
+            batch.landed, batch.duplicates = landed.landed, landed.duplicates
+            batch.watermark = landed.max_event_time
+        batch.skipped = len(frame) - len(to_land.index.union(to_apply.index))
+        if len(to_apply):
+            self.kind.apply_online(self.online, to_apply)
+            batch.applied = to_apply[self.kind.time_column].max().to_pydatetime()
+        try:
+            self.consumer.commit(messages)
+        except CommitLostError as exc:
+            # The batch comes again (here or to the partition's new owner), and finds its effects done.
+            log.warning(
+                "%s: commit refused after a rebalance, the batch will be redelivered: %s", self.topic, exc
+            )
+        self.metrics.in_flight.labels(self.topic).set(0)
+        self.metrics.batch_seconds.labels(self.topic).observe(time.perf_counter() - started)
+        for outcome, count in (
+            ("landed", batch.landed),
+            ("duplicate", batch.duplicates),
+            ("dead_letter", batch.dead_letters),
+            ("skipped", batch.skipped),
+        ):
+            self.metrics.events.labels(self.topic, outcome).inc(count)
+        self.totals.add(batch)
+        if self.totals.applied is not None:
+            self.metrics.watermark.labels(self.topic).set(self.totals.applied.timestamp())
+        return batch
+
+    def report(self) -> ConsumerStatus:
+        """Refresh the lag and publish the status file that Dagster's `event_stream` observes."""
+        self.totals.lag = self.consumer.lag()
+        if self.totals.lag is not None:
+            self.metrics.lag.labels(self.topic).set(self.totals.lag)
+        now = self.clock()
+        if self.totals.applied is not None:
+            self.metrics.freshness.labels(self.topic).set((now - self.totals.applied).total_seconds())
+        status = ConsumerStatus(
+            name=f"{self.settings.name}-{self.kind.table}",
+            topic=self.topic,
+            table=self.kind.table,
+            events_landed=self.totals.landed,
+            duplicates_skipped=self.totals.duplicates,
+            dead_letters=self.totals.dead_letters,
+            watermark=self.totals.watermark,
+            lag=self.totals.lag,
+            updated_at=now,
+        )
+        self.landing.write_status(status)
+        return status
+
+
+class StreamConsumer:
+    """Consumes every event kind from one process, alternating between topics batch by batch.
+
+    Args:
+        bus: the event bus the profile configures.
+        topics: topic names (prefixed in tests).
+        landing: the lake's stream area.
+        online: the online event buffers.
+        settings: see `ConsumerSettings`.
+        metrics: where counters go; a fresh registry by default.
+        kinds: the event kinds to consume (both by default).
+        clock: the consumer's notion of now, for the timestamp sanity check.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        topics: Topics,
+        landing: StreamLanding,
+        online: OnlineSink,
+        settings: ConsumerSettings | None = None,
+        metrics: ConsumerMetrics | None = None,
+        kinds: Sequence[EventKind] = EVENT_KINDS,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.settings = settings or ConsumerSettings()
+        self.metrics = metrics or ConsumerMetrics()
+        self._online = online
+        bus.ensure_topics(topics.names())
+        producer = bus.producer()
+        self._topic_consumers = [
+            TopicConsumer(
+                kind=kind,
+                consumer=bus.consumer(kind.topic(topics), self.settings.group, self.settings.name),
+                producer=producer,
+                topics=topics,
+                landing=landing,
+                online=online,
+                settings=self.settings,
+                metrics=self.metrics,
+                clock=clock,
+            )
+            for kind in kinds
+        ]
+
+    @property
+    def totals(self) -> dict[str, Totals]:
+        return {tc.kind.table: tc.totals for tc in self._topic_consumers}
+
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        idle_exit_s: float | None = None,
+        on_batch: Callable[[str, Totals], None] | None = None,
+    ) -> dict[str, Totals]:
+        """Consume until `stop` is set or, with `idle_exit_s`, until caught up.
+
+        Caught up means: no message for `idle_exit_s` seconds and no message of
+        any topic left uncommitted by the group (a member that died holding
+        partitions still counts), so a replay or a test can wait for the end.
+        """
+        idle_since: float | None = None
+        last_report = float("-inf")
+        stop = stop or threading.Event()
+        busy = True
+        while not stop.is_set():
+            # While any topic has work, no poll waits: an idle topic must not stall a busy one.
+            # Once a whole round came back empty, each topic waits its share of the poll timeout.
+            timeout_s = 0.0 if busy else self.settings.poll_timeout_s / len(self._topic_consumers)
+            busy = False
+            for tc in self._topic_consumers:
+                batch = tc.step(timeout_s)
+                if batch.messages:
+                    busy = True
+                    if on_batch is not None:
+                        on_batch(tc.kind.table, batch)
+            now = time.monotonic()
+            if now - last_report >= self.settings.status_every_s:
+                self._report()
+                last_report = now
+            if busy:
+                idle_since = None
+                continue
+            idle_since = idle_since if idle_since is not None else now
+            if idle_exit_s is not None and now - idle_since >= idle_exit_s:
+                statuses = self._report()
+                last_report = now
+                if all(status.lag == 0 for status in statuses):
+                    break
+        self._report()
+        return self.totals
+
+    def _report(self) -> list[ConsumerStatus]:
+        """Publish statuses, and drop online events that no read can need any more (bounded Redis memory)."""
+        self._online.trim()
+        return [tc.report() for tc in self._topic_consumers]
+
+    def close(self) -> None:
+        """Leave the group now (Kafka hands the partitions over at once, not after the session timeout)."""
+        for tc in self._topic_consumers:
+            tc.consumer.close()
+
+    def __enter__(self) -> StreamConsumer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -1,0 +1,371 @@
+"""The stream's landing area: micro-batches made durable, once per event id, before offsets are committed.
+
+The bus delivers at least once, so the same event can come back after a crash
+or a rebalance; landing is what turns that into an exactly-once *effect*. The
+consumer calls :meth:`StreamLanding.land` with a validated batch and commits its
+offsets only after the call returns, because only then are the rows on disk.
+
+Layout under ``root``::
+
+    <table>/date=YYYY-MM-DD/<time_ns>-<uuid>.parquet   one file per land() call and day
+    <table>/date=YYYY-MM-DD/.<name>.tmp                a write in progress, or a killed one's leftover
+    _status/<consumer>.json                            each consumer's last ConsumerStatus
+
+Files are only ever added, never rewritten: a reader sees a day as the set of
+its ``*.parquet`` files, each complete (written to a temporary name, fsynced,
+renamed, directory fsynced), so a crash at any instant leaves a whole file or
+none. Several processes may land into one root (a consumer that takes over a
+Kafka partition, say): each re-reads the files it has not seen before writing
+to a day. Two processes landing the same id into the same day at the same
+instant can still both write it, since nothing locks a day across machines;
+:meth:`StreamLanding.read_day` drops such doubles, so readers never see them.
+
+One :class:`StreamLanding` object is meant for one thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from streaming.events import reports_to_frame, transactions_to_frame
+
+
+class TableKeys(NamedTuple):
+    """What landing needs to know of a table: the event id, the time that picks the day, its empty shape."""
+
+    id_column: str
+    time_column: str
+    empty: Callable[[], pd.DataFrame]
+
+
+TABLES: dict[str, TableKeys] = {
+    "transactions": TableKeys("TRANSACTION_ID", "TX_DATETIME", lambda: transactions_to_frame([])),
+    "fraud_reports": TableKeys("TRANSACTION_ID", "REPORT_DATETIME", lambda: reports_to_frame([])),
+}
+
+STATUS_DIR = "_status"
+STALE_TMP = timedelta(hours=1)
+"""A temporary file this old is a killed writer's leftover: no live write of one batch takes that long."""
+DEFAULT_CACHED_DAYS = 64
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class LandResult:
+    """What one :meth:`StreamLanding.land` call did.
+
+    Attributes:
+        landed: rows newly written.
+        duplicates: rows whose id was already landed in their day, or repeated in the batch.
+        files: the new files, one per day that got new rows.
+        max_event_time: the latest event time of the batch, landed or already there (``None`` for an
+            empty batch): every row up to it is durable once the call returns, so it may advance
+            the consumer's watermark.
+    """
+
+    landed: int
+    duplicates: int
+    files: tuple[Path, ...]
+    max_event_time: datetime | None
+
+
+@dataclass(frozen=True)
+class ConsumerStatus:
+    """One consumer's progress, as the orchestrator reads it.
+
+    Attributes:
+        name: the consumer's stable name (its status file's name): one per consumer slot, e.g.
+            per Kafka partition, so a restarted consumer overwrites its own status.
+        topic: the topic or stream it reads.
+        table: the landing table it writes (a key of :data:`TABLES`).
+        events_landed: rows it has landed.
+        duplicates_skipped: redelivered or repeated events it did not land again.
+        dead_letters: events it refused.
+        watermark: the latest event time it has landed (UTC), ``None`` before its first event.
+        lag: messages behind the head of its topic, ``None`` when the bus does not say.
+        updated_at: when it wrote this status (UTC).
+    """
+
+    name: str
+    topic: str
+    table: str
+    events_landed: int
+    duplicates_skipped: int
+    dead_letters: int
+    watermark: datetime | None
+    lag: int | None
+    updated_at: datetime
+
+
+class _Day:
+    """The ids landed in one day, and which of the day's files they were read from."""
+
+    def __init__(self) -> None:
+        self.files: set[str] = set()
+        self.ids: np.ndarray = np.array([], dtype="int64")
+
+    def add(self, name: str, ids: np.ndarray) -> None:
+        self.files.add(name)
+        self.ids = np.union1d(self.ids, ids)
+
+
+class StreamLanding:
+    """The landing area under ``root``; see the module docstring for the layout and guarantees.
+
+    Args:
+        root: directory of the landing area, created on first write.
+        cached_days: how many days' landed ids to keep in memory. A batch for a day not cached
+            reads that day's ids back from disk, so the bound costs time on old late events,
+            never correctness.
+    """
+
+    def __init__(self, root: Path, cached_days: int = DEFAULT_CACHED_DAYS) -> None:
+        if cached_days < 1:
+            raise ValueError(f"cached_days must be at least 1, got {cached_days}")
+        self.root = Path(root)
+        self.cached_days = cached_days
+        self._cache: OrderedDict[tuple[str, str], _Day] = OrderedDict()
+
+    def day_dir(self, table: str, day: str) -> Path:
+        _keys(table)
+        return self.root / table / f"date={day}"
+
+    def land(self, table: str, frame: pd.DataFrame) -> LandResult:
+        """Write the rows of ``frame`` not yet landed, one new file per UTC day; durable on return.
+
+        A row is skipped when its id is already landed in its day, by this object or by any
+        other process writing to the same root, or appears earlier in the batch. A crash during
+        the call lands some days' files whole and others not at all, so the caller must not
+        commit its offsets unless the call returned; delivering the batch again is then safe.
+
+        Args:
+            table: a key of :data:`TABLES`.
+            frame: validated events with the table's id and time columns; times timezone-aware.
+
+        Raises:
+            ValueError: unknown table, a missing id or time column, a naive time column, or a
+                missing id or time value. Nothing is written then.
+        """
+        keys = _keys(table)
+        frame = frame.reset_index(drop=True)
+        times = _utc_times(frame, keys)
+        if frame.empty:
+            return LandResult(0, 0, (), None)
+        frame = frame.assign(**{keys.time_column: times})
+        landed, files = 0, []
+        for day, rows in frame.groupby(times.dt.strftime("%Y-%m-%d").to_numpy(), sort=True):
+            cached = self._refreshed(table, str(day))
+            ids = rows[keys.id_column].drop_duplicates()
+            new = rows.loc[ids.index[~np.isin(ids.to_numpy(), cached.ids)]]
+            if new.empty:
+                continue
+            path = self._write(table, str(day), new.reset_index(drop=True))
+            cached.add(path.name, new[keys.id_column].to_numpy())
+            landed += len(new)
+            files.append(path)
+        latest = times.max().floor("us").to_pydatetime()
+        return LandResult(landed, len(frame) - landed, tuple(files), latest)
+
+    def days(self, table: str) -> list[str]:
+        """The days with at least one landed file, in order."""
+        _keys(table)
+        base = self.root / table
+        if not base.is_dir():
+            return []
+        return sorted(
+            d.name.removeprefix("date=") for d in base.glob("date=*") if d.is_dir() and _has_parquet(d)
+        )
+
+    def read_day(self, table: str, day: str) -> pd.DataFrame:
+        """Every row landed in ``day``, once per id (the earliest file's row wins), in time order."""
+        keys = _keys(table)
+        parts = [pd.read_parquet(p) for p in self._files(table, day)]
+        if not parts:
+            return keys.empty()
+        frame = pd.concat(parts, ignore_index=True).drop_duplicates(subset=keys.id_column)
+        return frame.sort_values([keys.time_column, keys.id_column], kind="stable", ignore_index=True)
+
+    def count(self, table: str) -> int:
+        """Rows landed in ``table``, counted as :meth:`read_day` returns them (once per id and day)."""
+        keys = _keys(table)
+        total = 0
+        for day in self.days(table):
+            ids = [
+                pd.read_parquet(p, columns=[keys.id_column])[keys.id_column] for p in self._files(table, day)
+            ]
+            total += pd.concat(ids, ignore_index=True).nunique()
+        return total
+
+    def fingerprint(self, table: str, day: str) -> str:
+        """A stable digest of the day's landed files (names and sizes): it changes iff a file lands."""
+        digest = hashlib.sha256()
+        for path in self._files(table, day):
+            digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def write_status(self, status: ConsumerStatus) -> Path:
+        """Publish ``status`` atomically under ``_status/<name>.json``, replacing the consumer's last one."""
+        if not _SAFE_NAME.fullmatch(status.name):
+            raise ValueError(f"consumer name {status.name!r} must match {_SAFE_NAME.pattern}")
+        _keys(status.table)
+        record = {
+            **asdict(status),
+            "watermark": _iso(status.watermark),
+            "updated_at": _iso(status.updated_at),
+        }
+        payload = json.dumps(record, sort_keys=True).encode()
+        return _durable_write(self.root / STATUS_DIR / f"{status.name}.json", lambda f: f.write(payload))
+
+    def read_statuses(self) -> list[ConsumerStatus]:
+        """Every consumer's last status, by name.
+
+        Raises:
+            ValueError: a status file that is not a status, naming the file.
+        """
+        statuses = []
+        for path in sorted((self.root / STATUS_DIR).glob("*.json")):
+            try:
+                record: dict[str, Any] = json.loads(path.read_bytes())
+                statuses.append(
+                    ConsumerStatus(
+                        **{
+                            **record,
+                            "watermark": None
+                            if record["watermark"] is None
+                            else _parse_iso(record["watermark"]),
+                            "updated_at": _parse_iso(record["updated_at"]),
+                        }
+                    )
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}: not a consumer status ({exc})") from exc
+        return statuses
+
+    def _files(self, table: str, day: str) -> list[Path]:
+        """The day's complete files, in the order they were written (names start with the write time)."""
+        return sorted(self.day_dir(table, day).glob("*.parquet"))
+
+    def _refreshed(self, table: str, day: str) -> _Day:
+        """The day's landed ids, including files another process wrote since this one last looked."""
+        key = (table, day)
+        cached = self._cache.pop(key, None) or _Day()
+        self._cache[key] = cached
+        while len(self._cache) > self.cached_days:
+            self._cache.popitem(last=False)
+        id_column = TABLES[table].id_column
+        for path in self._files(table, day):
+            if path.name not in cached.files:
+                cached.add(path.name, pd.read_parquet(path, columns=[id_column])[id_column].to_numpy())
+        _remove_stale_tmp(self.day_dir(table, day))
+        return cached
+
+    def _write(self, table: str, day: str, rows: pd.DataFrame) -> Path:
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex}.parquet"
+        return _durable_write(self.day_dir(table, day) / name, lambda f: rows.to_parquet(f, index=False))
+
+
+def _keys(table: str) -> TableKeys:
+    try:
+        return TABLES[table]
+    except KeyError:
+        raise ValueError(f"unknown table {table!r}: one of {', '.join(TABLES)}") from None
+
+
+def _has_parquet(directory: Path) -> bool:
+    """Whether a day has a landed file, reading its listing only as far as the first one."""
+    with os.scandir(directory) as entries:
+        return any(entry.name.endswith(".parquet") for entry in entries)
+
+
+def _utc_times(frame: pd.DataFrame, keys: TableKeys) -> pd.Series:
+    """The batch's event times in UTC, after checking what landing relies on: ids and aware times."""
+    missing = [c for c in (keys.id_column, keys.time_column) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"missing column(s): {', '.join(missing)}")
+    if frame[keys.id_column].isna().any():
+        raise ValueError(f"{keys.id_column} must not be missing")
+    times = frame[keys.time_column]
+    if not isinstance(times.dtype, pd.DatetimeTZDtype):
+        raise ValueError(f"{keys.time_column} must be timezone-aware datetimes, not {times.dtype}")
+    if times.isna().any():
+        raise ValueError(f"{keys.time_column} must not be missing")
+    return times.dt.tz_convert(UTC)
+
+
+def _durable_write(path: Path, write: Callable[[Any], object]) -> Path:
+    """Write ``path`` so that it exists whole or not at all, and stays after a power cut, on return.
+
+    The data is fsynced before the rename (or the rename could outlive the data), and the
+    directory after it (or the rename itself could be lost).
+    """
+    _ensure_dir(path.parent)
+    tmp = path.parent / f".{path.name}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return path
+
+
+def _ensure_dir(path: Path) -> None:
+    """Create ``path`` and any missing parents, each made durable in its own parent."""
+    if path.is_dir():
+        return
+    _ensure_dir(path.parent)
+    path.mkdir(exist_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_tmp(directory: Path) -> None:
+    """Delete killed writers' leftovers; a young temporary file may be another process's write in flight."""
+    cutoff = time.time() - STALE_TMP.total_seconds()
+    for tmp in directory.glob(".*.tmp"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+        except FileNotFoundError:
+            continue
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.utcoffset() is None:
+        raise ValueError(f"naive datetime {moment!r}: statuses keep times in UTC")
+    return moment.astimezone(UTC).isoformat()
+
+
+def _parse_iso(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.utcoffset() is None:
+        raise ValueError(f"naive timestamp {text!r}")
+    return moment.astimezone(UTC)
