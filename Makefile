@@ -12,7 +12,7 @@ RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo dev mlflow test test-integration lint typecheck format rollback \
-	simulate bench prod-init clean consume produce replay push
+	simulate bench prod-init clean consume produce replay push broker
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ simulate: install ## generate the full default dataset (5,000 cards, 183 days) i
 
 consume: install ## stream consumer: land events, keep online features fresh (local: hosts the Kafka broker)
 	$(RUN) python -m streaming consume
+
+broker: install ## local profile: host the in-process Kafka broker on its own (consume/produce/replay/push find it)
+	$(RUN) python -m streaming broker
 
 RATE ?= 0
 produce: install ## send the simulated data to the bus in event-time order (FROM=, TO= days, RATE= events/s)

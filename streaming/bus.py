@@ -99,8 +99,9 @@ class Consumer(Protocol):
     def lag(self) -> int | None:
         """Messages of the topic this consumer's group has not committed yet; None while unknown.
 
-        Kafka: the high watermark less the committed offset over the partitions
-        this member holds; Redis: entries not yet delivered plus those pending.
+        Kafka: the high watermark less the committed offset over every
+        partition of the topic (also those another member holds); Redis:
+        entries not yet delivered plus those pending.
         It asks the server, so call it once per status update, not per batch.
         """
         ...

@@ -136,15 +136,28 @@ class KafkaConsumer:
             if topic.error is not None or not topic.partitions:
                 return None
             self._partitions = [TopicPartition(self._topic, number) for number in topic.partitions]
+        assigned = {tp.partition for tp in self._consumer.assignment()}
         total = 0
         for committed in self._consumer.committed(self._partitions, timeout=ADMIN_TIMEOUT_S):
-            # The high watermark of a partition this member fetches from comes with every fetch
-            # response; only the others cost a round trip to their leader.
-            low, high = self._consumer.get_watermark_offsets(committed, cached=True)
+            # A partition this member fetches from has its high watermark cached by every fetch
+            # response; the others (held by another member, or a dead one) cost a round trip.
+            low, high = (
+                self._consumer.get_watermark_offsets(committed, cached=True)
+                if committed.partition in assigned
+                else (-1, -1)
+            )
             if high < 0:
                 low, high = self._consumer.get_watermark_offsets(committed, timeout=ADMIN_TIMEOUT_S)
-            # A partition with no commit yet (offset < 0) starts at its low watermark.
-            total += high - (committed.offset if committed.offset >= 0 else low)
+            if 0 <= committed.offset < low:
+                LOG.error(
+                    "%s [%d]: retention dropped offsets %d..%d before this group read them",
+                    self._topic,
+                    committed.partition,
+                    committed.offset,
+                    low - 1,
+                )
+            # No commit yet (offset < 0) or one below what retention kept: reading starts at low.
+            total += high - max(committed.offset, low)
         return total
 
     def close(self) -> None:

@@ -15,12 +15,14 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
+import dagster as dg
+import pydantic
 import typer
 
 from feature_repo.windows import FEATURE_GROUPS
@@ -47,15 +49,23 @@ REPLAY_LOOKBACK = timedelta(days=max(group.horizon_days for group in FEATURE_GRO
 
 def stream_resource(overrides: list[str] | None) -> StreamResource:
     """The profile's stream configuration, environment variables resolved, with `overrides` applied."""
-    resource = build_resources(active_profile())["stream"].process_config_and_initialize()
-    updates: dict[str, Any] = {}
+    fields: dict[str, Any] = {
+        name: value.get_value() if isinstance(value, dg.EnvVar) else value
+        for name, value in build_resources(active_profile())["stream"].model_dump().items()
+    }
     for item in overrides or []:
         name, sep, value = item.partition("=")
         if not sep or name not in StreamResource.model_fields:
-            fields = ", ".join(StreamResource.model_fields)
-            raise typer.BadParameter(f"{item!r}: expected field=value with field one of {fields}")
-        updates[name] = value
-    return StreamResource(**{**resource.model_dump(), **updates}) if updates else resource
+            known = ", ".join(StreamResource.model_fields)
+            raise typer.BadParameter(f"{item!r}: expected field=value with field one of {known}")
+        fields[name] = value
+    missing = [name for name, value in fields.items() if value is None]
+    if missing:
+        raise typer.BadParameter(f"not set: {missing} (see .env.prod.example)")
+    try:
+        return StreamResource(**fields)
+    except pydantic.ValidationError as err:
+        raise typer.BadParameter(str(err)) from err
 
 
 def _broker_alive(stream: StreamResource) -> bool:
@@ -70,6 +80,8 @@ def _broker_alive(stream: StreamResource) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:  # alive, another user's
+        return True
     return True
 
 
@@ -82,7 +94,10 @@ def _local_broker(stream: StreamResource) -> Iterator[None]:
     with mock_kafka_cluster() as servers:
         stream.publish_local_broker(servers)
         log.info("hosting the local Kafka broker at %s (its data lives as long as this process)", servers)
-        yield
+        try:
+            yield
+        finally:
+            stream.local_broker_file.unlink(missing_ok=True)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -93,27 +108,34 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _progress_logger(every_s: float = 5.0) -> Any:
+def _progress_logger(every_s: float = 5.0) -> Callable[[str, Totals], None]:
     """Log events/s and totals every `every_s` seconds, so a long consume shows it is alive."""
-    state = {"last": time.monotonic(), "events": 0}
+    state = {"last": time.monotonic(), "events": 0.0}
 
     def on_batch(table: str, batch: Totals) -> None:
         state["events"] += batch.messages
         now = time.monotonic()
         if now - state["last"] >= every_s:
+            rate = state["events"] / (now - state["last"])
             log.info(
-                "%.0f events/s (latest batch: %s %s)", state["events"] / (now - state["last"]), table, batch
+                "%.0f events/s; last %s batch: %d landed, %d already landed, %d dead letters, up to %s",
+                rate,
+                table,
+                batch.landed,
+                batch.duplicates,
+                batch.dead_letters,
+                batch.watermark,
             )
-            state.update(last=now, events=0)
+            state.update(last=now, events=0.0)
 
     return on_batch
 
 
 def _run(stream: StreamResource, settings: ConsumerSettings, idle_exit: float | None, clear: bool) -> None:
     online = stream.online()
-    if clear:
-        online.clear()
     with StreamConsumer(stream.bus(), stream.topics(), stream.landing(), online, settings) as consumer:
+        if clear:  # only now that the bus answered: a failed start must not leave the store empty
+            online.clear()
         if stream.metrics_port:
             consumer.metrics.serve(stream.metrics_port)
             log.info("metrics on http://127.0.0.1:%d/metrics", stream.metrics_port)
@@ -164,7 +186,9 @@ def replay(
     A consumer group of its own reads the bus from its start: events of
     [FROM, TO] are landed again (ids already landed are skipped), and the
     online store gets every event from the features' horizon before FROM on,
-    so reads at FROM and later are exact. The bus must still hold that span.
+    so reads from the store's floor (its latest event less a day) are exact.
+    The bus must still hold that span. It exits once the bus is read to its
+    end; under continuous traffic it follows the live events until stopped.
     """
     first, last = _day(start), _day(end)
     if last < first:
@@ -175,7 +199,8 @@ def replay(
         name=f"replay-{start}-{end}",
         batch_size=stream.batch_size,
         land_window=TimeWindow(first, last + timedelta(days=1)),
-        online_window=TimeWindow(first - REPLAY_LOOKBACK, last + timedelta(days=1)),
+        online_window=TimeWindow(first - REPLAY_LOOKBACK),
+        live=False,
     )
     _run(stream.model_copy(update={"metrics_port": 0}), settings, idle_exit, clear=rebuild_online)
 

@@ -3,8 +3,9 @@
 Each micro-batch goes through the same steps, in an order chosen so that a
 process killed at any instant loses nothing and duplicates nothing:
 
-1. poll at most `batch_size` messages: nothing more is fetched until this batch
-   is committed, so a slow sink slows the consumer down instead of filling memory;
+1. poll at most `batch_size` messages: the next poll comes only once this batch
+   is committed, so a slow sink slows the consumer down instead of filling
+   memory (Kafka's client prefetches ahead, within its own cap);
 2. decode each one; a refused event becomes a dead letter (reason, topic,
    position) sent to the dead-letter topic and flushed before anything else;
 3. land the good events in the lake's stream area, durably (fsync), skipping ids
@@ -89,13 +90,14 @@ EVENT_KINDS = (TRANSACTIONS, FRAUD_REPORTS)
 
 @dataclass(frozen=True)
 class TimeWindow:
-    """Event times [start, end): what a replay re-lands or re-applies."""
+    """Event times [start, end): what a replay re-lands or re-applies; no end means up to now."""
 
     start: datetime
-    end: datetime
+    end: datetime | None = None
 
     def mask(self, times: pd.Series) -> pd.Series:
-        return (times >= self.start) & (times < self.end)
+        after = times >= self.start
+        return after if self.end is None else after & (times < self.end)
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,10 @@ class ConsumerSettings:
         land_window: land only events in this window (replay); None lands all.
         online_window: apply only events in this window to the online store
             (replay); None applies all.
+        live: whether this is the landing group, whose progress Dagster's
+            sensor follows. A replay is not: it publishes no status file (its
+            watermark would hold the sensor back) and sends no dead letters
+            (the live group already sent them), counting them only.
     """
 
     group: str = "fraudpipe-landing"
@@ -124,6 +130,7 @@ class ConsumerSettings:
     status_every_s: float = 5.0
     land_window: TimeWindow | None = None
     online_window: TimeWindow | None = None
+    live: bool = True
 
 
 @dataclass
@@ -179,6 +186,10 @@ class TopicConsumer:
     def topic(self) -> str:
         return self.kind.topic(self.topics)
 
+    @property
+    def status_name(self) -> str:
+        return f"{self.settings.name}-{self.kind.table}"
+
     def step(self, timeout_s: float) -> Totals:
         """Handle one micro-batch, waiting up to `timeout_s` for it; returns what it did."""
         messages = self.consumer.poll(self.settings.batch_size, timeout_s)
@@ -192,12 +203,13 @@ class TopicConsumer:
         for message in messages:
             decoded = self.kind.decode(message.value, now, self.settings.max_future)
             if isinstance(decoded, Rejection):
-                record = dead_letter(decoded, message.topic, message.position, self.settings.name, now)
-                self.producer.send(self.topics.dead_letters, record, key=message.key)
+                if self.settings.live:
+                    record = dead_letter(decoded, message.topic, message.position, self.settings.name, now)
+                    self.producer.send(self.topics.dead_letters, record, key=message.key)
                 batch.dead_letters += 1
             else:
                 good.append(decoded)
-        if batch.dead_letters:
+        if batch.dead_letters and self.settings.live:
             self.producer.flush()
         frame = self.kind.to_frame(good)
         times = frame[self.kind.time_column]
@@ -236,14 +248,18 @@ class TopicConsumer:
 
     def report(self) -> ConsumerStatus:
         """Refresh the lag and publish the status file that Dagster's `event_stream` observes."""
-        self.totals.lag = self.consumer.lag()
+        try:
+            self.totals.lag = self.consumer.lag()
+        except Exception as exc:  # the bus's own error types differ; a status is not worth a crash
+            log.warning("%s: lag unknown: %s", self.topic, exc)
+            self.totals.lag = None
         if self.totals.lag is not None:
             self.metrics.lag.labels(self.topic).set(self.totals.lag)
         now = self.clock()
         if self.totals.applied is not None:
             self.metrics.freshness.labels(self.topic).set((now - self.totals.applied).total_seconds())
         status = ConsumerStatus(
-            name=f"{self.settings.name}-{self.kind.table}",
+            name=self.status_name,
             topic=self.topic,
             table=self.kind.table,
             events_landed=self.totals.landed,
@@ -253,7 +269,8 @@ class TopicConsumer:
             lag=self.totals.lag,
             updated_at=now,
         )
-        self.landing.write_status(status)
+        if self.settings.live:
+            self.landing.write_status(status)
         return status
 
 
@@ -301,6 +318,11 @@ class StreamConsumer:
             )
             for kind in kinds
         ]
+        # A restarted member resumes its published watermark, so the sensor does not see it go back.
+        previous = {status.name: status for status in landing.read_statuses()}
+        for tc in self._topic_consumers:
+            if (status := previous.get(tc.status_name)) is not None:
+                tc.totals.watermark = status.watermark
 
     @property
     def totals(self) -> dict[str, Totals]:

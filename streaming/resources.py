@@ -9,7 +9,8 @@ the backend, so switching Kafka for Redis Streams is a configuration change:
 * `redis://host:6379/0`: Redis Streams;
 * `kafka-local:///path/broker.json`: the local profile's in-process Kafka
   (librdkafka's mock cluster), whose address its host process writes to that
-  file (`python -m streaming consume` starts one when none answers).
+  file (`python -m streaming broker`, or `consume` when no live process
+  hosts one; the broker's data lives as long as its host process).
 """
 
 from __future__ import annotations

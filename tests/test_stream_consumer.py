@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from simulator import SimulatedData, SimulatorConfig, simulate
+from streaming.cli import REPLAY_LOOKBACK
 from streaming.consumer import ConsumerSettings, StreamConsumer, TimeWindow
 from streaming.events import MAX_EVENT_BYTES, encode_transaction, transactions_from_frame
 from streaming.landing import LandResult, StreamLanding
@@ -219,7 +220,13 @@ def test_replay_relands_nothing_twice_and_rebuilds_the_same_online_state(
         stream.topics(),
         stream.landing(),
         stream.online(),
-        ConsumerSettings(group="replay-1", name="replay", land_window=window, online_window=None),
+        ConsumerSettings(
+            group="replay-1",
+            name="replay",
+            land_window=window,
+            online_window=TimeWindow(window.start - REPLAY_LOOKBACK),
+            live=False,
+        ),
     )
     with replay:
         totals = replay.run(idle_exit_s=0.5)
@@ -228,6 +235,10 @@ def test_replay_relands_nothing_twice_and_rebuilds_the_same_online_state(
     assert totals["transactions"].duplicates == in_window
     assert totals["transactions"].skipped == 0
     assert sorted(Path(stream.landing_path).rglob("*.parquet")) == files_before
+    assert {status.name for status in stream.landing().read_statuses()} == {
+        "consumer-0-transactions",
+        "consumer-0-fraud_reports",
+    }, "a replay must not publish a status the stream sensor would wait on"
     after = stream.online().dump()
     pd.testing.assert_frame_equal(after.customer_events, before.customer_events)
     pd.testing.assert_frame_equal(after.terminal_events, before.terminal_events)
@@ -268,3 +279,8 @@ def test_metrics_and_status_report_progress(
     assert statuses["transactions"].watermark == week.events()["TX_DATETIME"].max().to_pydatetime()
     assert statuses["transactions"].lag == 0
     assert datetime.now(UTC) - statuses["transactions"].updated_at < timedelta(minutes=1)
+    # A restarted member resumes its watermark instead of publishing None until new events land.
+    with _consume(stream) as restarted:
+        restarted.run(idle_exit_s=0.2)
+    again = {s.table: s for s in stream.landing().read_statuses()}
+    assert again["transactions"].watermark == statuses["transactions"].watermark
