@@ -13,14 +13,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from streaming.bus import TOPICS, Consumer, DeliveryError, EventBus, Message, Topics
-from streaming.bus_kafka import KafkaBus, mock_kafka_cluster
+from streaming.bus_kafka import KafkaBus
 from streaming.bus_redis import RedisStreamBus
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -44,10 +43,10 @@ sys.stdin.read()
 """A consumer process that reads everything, commits only a prefix, then waits to be killed."""
 
 
-@pytest.fixture(scope="module")
-def bootstrap() -> Iterator[str]:
-    with mock_kafka_cluster() as servers:
-        yield servers
+@pytest.fixture
+def bootstrap(kafka_bootstrap: str) -> str:
+    """The session's mock Kafka cluster (tests/conftest.py)."""
+    return kafka_bootstrap
 
 
 @pytest.fixture
@@ -63,14 +62,9 @@ def kafka_bus(bootstrap: str, topics: Topics) -> KafkaBus:
 
 
 @pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    prefix = f"test_bus:{uuid.uuid4().hex}:"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+def redis_prefix(namespace: str) -> str:
+    """A key prefix of this test alone, its keys deleted afterwards (tests/conftest.py)."""
+    return namespace
 
 
 @pytest.fixture

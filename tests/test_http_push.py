@@ -16,12 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from streaming.bus import TOPICS, Consumer, EventBus, Message, Producer, Topics
-from streaming.bus_kafka import KafkaBus, KafkaProducer, mock_kafka_cluster
+from streaming.bus_kafka import KafkaBus, KafkaProducer
 from streaming.bus_redis import RedisStreamBus
 from streaming.events import FraudReport, Transaction, decode_report, decode_transaction
 from streaming.http_push import create_app
@@ -40,10 +39,10 @@ def transaction(tx_id: int, amount: float = 12.5) -> dict[str, object]:
     }
 
 
-@pytest.fixture(scope="module")
-def bootstrap() -> Iterator[str]:
-    with mock_kafka_cluster() as servers:
-        yield servers
+@pytest.fixture
+def bootstrap(kafka_bootstrap: str) -> str:
+    """The session's mock Kafka cluster (tests/conftest.py)."""
+    return kafka_bootstrap
 
 
 @pytest.fixture
@@ -59,14 +58,8 @@ def kafka_bus(bootstrap: str, topics: Topics) -> KafkaBus:
 
 
 @pytest.fixture
-def redis_bus() -> Iterator[RedisStreamBus]:
-    prefix = f"test_http_push:{uuid.uuid4().hex}:"
-    yield RedisStreamBus(REDIS_URL, prefix=prefix)
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+def redis_bus(namespace: str) -> RedisStreamBus:
+    return RedisStreamBus(REDIS_URL, prefix=namespace)
 
 
 @pytest.fixture(params=["kafka_bus", pytest.param("redis_bus", marks=pytest.mark.integration)])
