@@ -167,14 +167,9 @@ def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> 
         raise ValueError(f"{what}: missing columns {missing}")
 
 
-def _times_ns(times: pd.Series, column: str) -> np.ndarray:
-    """UTC nanoseconds whatever the column's unit: `to_ns` reads the raw integers of the unit it is given."""
-    return to_ns(pd.DatetimeIndex(times).as_unit("ns"), column)
-
-
 def _times_us(times: pd.Series, column: str) -> np.ndarray:
     """Whole microseconds, the stored resolution: finer values are refused, never rounded across a bound."""
-    ns = _times_ns(times, column)
+    ns = to_ns(times, column)
     if (ns % NS_PER_US).any():
         raise ValueError(f"{column}: timestamps finer than a microsecond cannot be stored exactly")
     return ns // NS_PER_US
@@ -182,7 +177,7 @@ def _times_us(times: pd.Series, column: str) -> np.ndarray:
 
 def _report_times_us(times: pd.Series, column: str) -> np.ndarray:
     """Microseconds rounded up: a label is then never taken as known before it was."""
-    return -(-_times_ns(times, column) // NS_PER_US)
+    return -(-to_ns(times, column) // NS_PER_US)
 
 
 def _timestamps_ns(ns: np.ndarray) -> pd.DatetimeIndex:
@@ -324,7 +319,7 @@ class EventBuffers(ABC):
         tx = _ids(requests["TRANSACTION_ID"])
         customers = _ids(requests["CUSTOMER_ID"])
         terminals = _ids(requests["TERMINAL_ID"])
-        times_ns = _times_ns(requests["TX_DATETIME"], "TX_DATETIME")
+        times_ns = to_ns(requests["TX_DATETIME"], "TX_DATETIME")
         if not len(tx):
             empty = np.zeros(0, dtype=bool)
             return OnlineFeatures(
@@ -359,7 +354,7 @@ class EventBuffers(ABC):
             {**requested, "TERMINAL_ID": terminals, _REPORT_US: snapshot.request_reports_us},
         )
         # Integer µs first: nanoseconds since the epoch are not exact as float64, µs are.
-        event_us = _times_ns(terminal_events["TX_DATETIME"], "TX_DATETIME") // NS_PER_US
+        event_us = to_ns(terminal_events["TX_DATETIME"], "TX_DATETIME") // NS_PER_US
         delay_us = terminal_events[_REPORT_US].to_numpy() - event_us
         # NaN (no report) compares False: unreported.
         labels = ((delay_us >= 0) & (delay_us <= TERMINAL_RISK.delay_days * US_PER_DAY)).astype(np.int8)
