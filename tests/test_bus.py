@@ -21,8 +21,8 @@ import redis
 from streaming.bus import TOPICS, Consumer, DeliveryError, EventBus, Message, Topics
 from streaming.bus_kafka import KafkaBus
 from streaming.bus_redis import RedisStreamBus
+from tests.conftest import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 SESSION_TIMEOUT_MS = 6_000
 """The broker minimum: how long a SIGKILLed Kafka consumer keeps its partitions."""
 

@@ -24,8 +24,8 @@ from streaming.bus_kafka import KafkaBus, KafkaProducer
 from streaming.bus_redis import RedisStreamBus
 from streaming.events import FraudReport, Transaction, decode_report, decode_transaction
 from streaming.http_push import create_app
+from tests.conftest import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 

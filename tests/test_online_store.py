@@ -28,8 +28,8 @@ from streaming.online import (
     StaleReadError,
     open_event_buffers,
 )
+from tests.conftest import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 DAY = pd.Timedelta(days=1)
 T0 = pd.Timestamp("2018-06-01 12:00", tz="UTC")
 
