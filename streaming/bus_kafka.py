@@ -195,10 +195,13 @@ class KafkaBus:
         return KafkaProducer(self._config)
 
     def consumer(self, topic: str, group: str, name: str) -> KafkaConsumer:
+        # Kafka rebalances a whole group whenever any member joins or leaves, whatever its
+        # topic: one group id per topic keeps a reports member joining from revoking the
+        # transactions members' partitions mid-batch (a refused commit, a redelivered batch).
         return KafkaConsumer(
             {
                 **self._config,
-                "group.id": group,
+                "group.id": f"{group}.{topic}",
                 "client.id": name,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
