@@ -12,7 +12,7 @@ RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo dev mlflow test test-integration lint typecheck format rollback \
-	simulate bench prod-init clean consume produce replay push broker
+	simulate bench bench-serve prod-init clean consume produce replay push broker serve
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ MLFLOW_STORE = $(if $(filter prod,$(PROFILE)),$(FRAUDPIPE_MLFLOW_PG_URL),sqlite:
 mlflow: install ## MLflow UI on http://127.0.0.1:5000 over the profile's tracking store
 	$(RUN) mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$(MLFLOW_STORE)"
 
-rollback: install ## move the MLflow `champion` alias back to the previous champion
+rollback: install ## move the MLflow `champion` alias back to the previous champion (`make serve` swaps to it)
 	$(RUN) python -m orchestration rollback
 
 simulate: install ## generate the full default dataset (5,000 cards, 183 days) into data/source
@@ -57,6 +57,9 @@ replay: install ## re-land FROM..TO from the bus and rebuild the online features
 
 push: install ## HTTP push endpoint on http://127.0.0.1:8090 appending to the bus
 	$(RUN) python -m streaming push
+
+serve: install ## Ray Serve on http://127.0.0.1:8000 (POST /v1/score, /docs), following the champion alias
+	$(RUN) python -m serving run
 
 prod-init: install ## create the prod databases (PROFILE=prod, variables of .env.prod.example)
 	$(RUN) python -m orchestration prod-init
@@ -81,6 +84,9 @@ test-integration: install ## only the tests against real PostgreSQL / Redis
 bench: install ## benchmarks: training-set build and model quality on the default dataset
 	$(RUN) python -m bench.training_set
 	$(RUN) python -m bench.model_quality
+
+bench-serve: install ## serving benchmark: our Ray Serve app vs naive Ray Serve + Feast and uvicorn (~8 min)
+	$(RUN) python -m bench.serve
 
 clean: ## remove local data, Dagster home and caches
 	rm -rf data .dagster_home .pytest_cache .mypy_cache .ruff_cache

@@ -86,51 +86,99 @@ def _window_sums(
     Events are sorted once by (entity code, time rank) where a time's rank is
     the number of distinct event times at or before it: then "event <= bound"
     is an integer comparison, the composite key cannot overflow, and every
-    window costs two binary searches per query, done in sorted order so that
-    each search starts where the previous one ended.
+    window is a slice of the sorted events found by two binary searches. Sums
+    add each window's own values (`np.add.reduceat`), not differences of
+    running totals, so their rounding is that of the window alone.
 
     Returns:
         For each window (keyed as `window_los`), the counts and the sums.
     """
-    codes, _ = pd.factorize(np.concatenate([event_keys, query_keys]))
-    ek, qk = codes[: len(event_keys)].astype(np.int64), codes[len(event_keys) :].astype(np.int64)
-    sorted_times = np.sort(event_times)
-    distinct_times = sorted_times[np.r_[True, sorted_times[1:] != sorted_times[:-1]]]
+    _, codes = np.unique(np.concatenate([event_keys, query_keys]), return_inverse=True)
+    codes = codes.astype(np.int64)
+    ek, qk = codes[: len(event_keys)], codes[len(event_keys) :]
+    distinct_times = np.unique(event_times)
     stride = len(distinct_times) + 1
     composite = ek * stride + np.searchsorted(distinct_times, event_times, side="right")
     order = np.argsort(composite, kind="stable")
     sorted_composite = composite[order]
+    # A trailing zero lets an empty window at the very end index a valid position.
+    sorted_values = {
+        name: np.append(column[order].astype(np.float64), 0.0) for name, column in values.items()
+    }
+    q_order = np.argsort(
+        qk * stride + np.searchsorted(distinct_times, window_hi, side="right"), kind="stable"
+    )
 
-    q_hi = qk * stride + np.searchsorted(distinct_times, window_hi, side="right")
-    q_order = np.argsort(q_hi, kind="stable")
-
-    def count_at_or_before(needles: np.ndarray) -> np.ndarray:
+    def count_at_or_before(bounds: np.ndarray) -> np.ndarray:
+        # Searched in the queries' sorted order, each search starts near where the previous ended.
+        needles = qk * stride + np.searchsorted(distinct_times, bounds, side="right")
         found = np.empty(len(needles), dtype=np.int64)
         found[q_order] = np.searchsorted(sorted_composite, needles[q_order], side="right")
         return found
 
-    end = count_at_or_before(q_hi)
-    prefix: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name, column in values.items():
-        # Per-entity prefix sums keep the rounding error at the scale of one
-        # entity's history instead of the whole table's.
-        ordered = pd.Series(column[order].astype(np.float64))
-        inclusive = ordered.groupby(ek[order]).cumsum().to_numpy()
-        prefix[name] = (inclusive, inclusive - ordered.to_numpy())
+    end = count_at_or_before(window_hi)
     result: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
     for window, lo in window_los.items():
-        start = count_at_or_before(qk * stride + np.searchsorted(distinct_times, lo, side="right"))
+        start = count_at_or_before(lo)
         counts = end - start
-        sums: dict[str, np.ndarray] = {}
-        for name, (inclusive, exclusive) in prefix.items():
-            if not len(order):
-                sums[name] = np.zeros(len(qk))
-                continue
-            last = np.maximum(end - 1, 0)
-            first = np.minimum(start, len(order) - 1)
-            sums[name] = np.where(counts > 0, inclusive[last] - exclusive[first], 0.0)
+        bounds = np.column_stack([start, end]).ravel()
+        sums = {
+            # reduceat over [start, end) pairs; an empty pair yields one value, masked out.
+            name: np.where(counts > 0, np.add.reduceat(column, bounds)[::2], 0.0)
+            if len(counts)
+            else np.zeros(0)
+            for name, column in sorted_values.items()
+        }
         result[window] = (counts, sums)
     return result
+
+
+def evaluate_arrays(
+    group: FeatureGroup,
+    event_keys: np.ndarray,
+    event_times: np.ndarray,
+    values: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    query_keys: np.ndarray,
+    query_times: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """`evaluate` on plain arrays: the one implementation, which serving calls without pandas.
+
+    Args:
+        event_keys / event_times: the events' entity ids and UTC nanoseconds.
+        values: the events' value columns the group's features aggregate.
+        labels / query_keys / query_times: as in `evaluate`.
+
+    Returns:
+        A column per feature, in `group.feature_names` order (counts int64, others float64).
+    """
+    if group.uses_labels and labels is None:
+        raise ValueError(f"{group.name}: a rate feature needs event labels")
+    sums_of = {f.value_column: values[f.value_column] for f in group.features if f.value_column is not None}
+    if labels is not None and group.uses_labels:
+        sums_of["__label__"] = labels
+    window_hi = query_times - group.delay_days * NS_PER_DAY
+    windows = sorted({f.window_days for f in group.features})
+    by_window = _window_sums(
+        np.asarray(event_keys, dtype=np.int64),
+        np.asarray(event_times, dtype=np.int64),
+        sums_of,
+        np.asarray(query_keys, dtype=np.int64),
+        window_hi,
+        {n: window_hi - n * NS_PER_DAY for n in windows},
+    )
+    out: dict[str, np.ndarray] = {}
+    for f in group.features:
+        counts, sums = by_window[f.window_days]
+        safe = np.maximum(counts, 1)
+        if f.aggregation is Aggregation.COUNT:
+            out[f.name] = counts.astype(np.int64)
+        elif f.aggregation is Aggregation.MEAN:
+            assert f.value_column is not None
+            out[f.name] = np.where(counts > 0, sums[f.value_column] / safe, 0.0)
+        else:
+            out[f.name] = np.where(counts > 0, sums["__label__"] / safe, 0.0)
+    return {name: out[name] for name in group.feature_names}
 
 
 def evaluate(
@@ -155,39 +203,22 @@ def evaluate(
     Returns:
         One row per query, a column per feature (counts int64, others float64).
     """
-    if group.uses_labels and labels is None:
-        raise ValueError(f"{group.name}: a rate feature needs event labels")
-    event_keys = events[group.join_key].to_numpy(np.int64)
-    event_times = to_ns(events[schema.event_time], schema.event_time)
-    values: dict[str, np.ndarray] = {
+    values = {
         f.value_column: events[f.value_column].to_numpy(np.float64)
         for f in group.features
         if f.value_column is not None
     }
-    if labels is not None and group.uses_labels:
-        values["__label__"] = labels
-    window_hi = query_times - group.delay_days * NS_PER_DAY
-    windows = sorted({f.window_days for f in group.features})
-    by_window = _window_sums(
-        event_keys,
-        event_times,
-        values,
-        query_keys,
-        window_hi,
-        {n: window_hi - n * NS_PER_DAY for n in windows},
+    return pd.DataFrame(
+        evaluate_arrays(
+            group,
+            events[group.join_key].to_numpy(np.int64),
+            to_ns(events[schema.event_time], schema.event_time),
+            values,
+            labels,
+            query_keys,
+            query_times,
+        )
     )
-    out: dict[str, np.ndarray] = {}
-    for f in group.features:
-        counts, sums = by_window[f.window_days]
-        safe = np.maximum(counts, 1)
-        if f.aggregation is Aggregation.COUNT:
-            out[f.name] = counts.astype(np.int64)
-        elif f.aggregation is Aggregation.MEAN:
-            assert f.value_column is not None
-            out[f.name] = np.where(counts > 0, sums[f.value_column] / safe, 0.0)
-        else:
-            out[f.name] = np.where(counts > 0, sums["__label__"] / safe, 0.0)
-    return pd.DataFrame({name: out[name] for name in group.feature_names})
 
 
 def feature_table(

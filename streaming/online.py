@@ -8,8 +8,8 @@ in (t - delay - n days, t - delay], whenever t is. So the online store keeps,
 per entity, the raw events of the last `group.horizon_days` (30 days for a
 customer, 37 for a terminal) and the fraud reports by transaction id; a read at
 t fetches the buffers of the requested entities in one round trip and
-evaluates them with `feature_repo.engine.evaluate`, the very function that
-builds the training set. Online equals offline by construction, not by a
+evaluates them with `feature_repo.engine.evaluate_arrays`, the very function
+that builds the training set. Online equals offline by construction, not by a
 second implementation kept in step. It is cheap here: a customer makes at most
 about 4 payments a day and a terminal about 1, so a batch of 256 requests reads
 some ten thousand events.
@@ -51,6 +51,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -64,8 +65,8 @@ import numpy as np
 import pandas as pd
 import redis
 
-from feature_repo.engine import NS_PER_DAY, evaluate, to_ns
-from feature_repo.on_demand import calendar_features
+from feature_repo.engine import NS_PER_DAY, evaluate_arrays, to_ns
+from feature_repo.on_demand import calendar_arrays
 from feature_repo.windows import (
     CUSTOMER_SPENDING,
     MODEL_FEATURES,
@@ -180,13 +181,9 @@ def _report_times_us(times: pd.Series, column: str) -> np.ndarray:
     return -(-to_ns(times, column) // NS_PER_US)
 
 
-def _timestamps_ns(ns: np.ndarray) -> pd.DatetimeIndex:
-    # A view, not pd.to_datetime: that parses an integer array element by element, a hundred times slower.
-    return pd.DatetimeIndex(np.asarray(ns, dtype=np.int64).view("M8[ns]"), tz="UTC")
-
-
 def _timestamps(us: np.ndarray) -> pd.DatetimeIndex:
-    return _timestamps_ns(np.asarray(us, dtype=np.int64) * NS_PER_US)
+    # A view, not pd.to_datetime: that parses an integer array element by element, a hundred times slower.
+    return pd.DatetimeIndex((np.asarray(us, dtype=np.int64) * NS_PER_US).view("M8[ns]"), tz="UTC")
 
 
 def _optional_timestamp(us: int | None) -> pd.Timestamp | None:
@@ -220,12 +217,12 @@ def _state(
     )
 
 
-def _merge(buffered: pd.DataFrame, requested: dict[str, np.ndarray]) -> pd.DataFrame:
-    """The buffered events and the requests as one event table for `evaluate`.
+def _merge(buffered: pd.DataFrame, requested: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The buffered events and the requests as one event table for `evaluate_arrays`.
 
     TX_DATETIME is in µs in `buffered` (as stored) and in ns in `requested`
-    (the read's own times, kept exact). Each transaction appears once: a
-    request the consumer already applied keeps its buffered row.
+    (the read's own times, kept exact); the result is in ns. Each transaction
+    appears once: a request the consumer already applied keeps its buffered row.
     """
     columns = {
         name: np.concatenate([buffered[name].to_numpy(), column])
@@ -233,23 +230,19 @@ def _merge(buffered: pd.DataFrame, requested: dict[str, np.ndarray]) -> pd.DataF
         if name != "TX_DATETIME"
     }
     columns["TX_DATETIME"] = np.concatenate(
-        [buffered["TX_DATETIME"].to_numpy() * NS_PER_US, requested["TX_DATETIME"]]
+        [buffered["TX_DATETIME"].to_numpy(np.int64) * NS_PER_US, requested["TX_DATETIME"]]
     )
     _, first = np.unique(columns["TRANSACTION_ID"], return_index=True)
-    merged: dict[str, np.ndarray | pd.DatetimeIndex] = {
-        name: column[first] for name, column in columns.items()
-    }
-    merged["TX_DATETIME"] = _timestamps_ns(columns["TX_DATETIME"][first])
-    return pd.DataFrame(merged)
+    return {name: column[first] for name, column in columns.items()}
 
 
-def _no_history(group: FeatureGroup, values: pd.DataFrame) -> np.ndarray:
+def _no_history(group: FeatureGroup, values: dict[str, np.ndarray]) -> np.ndarray:
     """Whether the group's longest count window holds nothing but, when it ends at t, the request itself."""
     longest = max(
         (f for f in group.features if f.aggregation is Aggregation.COUNT), key=lambda f: f.window_days
     )
     own = 1 if group.delay_days == 0 else 0
-    return values[longest.name].to_numpy() <= own
+    return values[longest.name] <= own
 
 
 class EventBuffers(ABC):
@@ -347,23 +340,39 @@ class EventBuffers(ABC):
             snapshot.customer_events,
             {**requested, "CUSTOMER_ID": customers, "TX_AMOUNT": requests["TX_AMOUNT"].to_numpy(np.float64)},
         )
-        spending = evaluate(CUSTOMER_SPENDING, customer_events, None, customers, times_ns)
+        spending = evaluate_arrays(
+            CUSTOMER_SPENDING,
+            customer_events["CUSTOMER_ID"],
+            customer_events["TX_DATETIME"],
+            customer_events,
+            None,
+            customers,
+            times_ns,
+        )
 
         terminal_events = _merge(
             snapshot.terminal_events,
             {**requested, "TERMINAL_ID": terminals, _REPORT_US: snapshot.request_reports_us},
         )
         # Integer µs first: nanoseconds since the epoch are not exact as float64, µs are.
-        event_us = to_ns(terminal_events["TX_DATETIME"], "TX_DATETIME") // NS_PER_US
-        delay_us = terminal_events[_REPORT_US].to_numpy() - event_us
+        delay_us = terminal_events[_REPORT_US] - terminal_events["TX_DATETIME"] // NS_PER_US
         # NaN (no report) compares False: unreported.
         labels = ((delay_us >= 0) & (delay_us <= TERMINAL_RISK.delay_days * US_PER_DAY)).astype(np.int8)
-        risk = evaluate(TERMINAL_RISK, terminal_events, labels, terminals, times_ns)
-
-        calendar = calendar_features(requests["TX_DATETIME"].reset_index(drop=True))
-        columns = {name: requests[name].to_numpy(np.float64) for name in REQUEST_FEATURES}
-        for frame in (calendar, spending, risk):
-            columns.update({name: frame[name].to_numpy() for name in frame.columns})
+        risk = evaluate_arrays(
+            TERMINAL_RISK,
+            terminal_events["TERMINAL_ID"],
+            terminal_events["TX_DATETIME"],
+            terminal_events,
+            labels,
+            terminals,
+            times_ns,
+        )
+        columns = {
+            **{name: requests[name].to_numpy(np.float64) for name in REQUEST_FEATURES},
+            **calendar_arrays(times_ns),
+            **spending,
+            **risk,
+        }
         return OnlineFeatures(
             pd.DataFrame({name: columns[name] for name in MODEL_FEATURES}, index=requests.index),
             _no_history(CUSTOMER_SPENDING, spending),
@@ -471,7 +480,10 @@ class SqliteEventBuffers(EventBuffers):
         self._reports, self._meta = f"{prefix}reports", f"{prefix}meta"
         # Autocommit mode: every transaction below is explicit. The timeout lets a
         # reader in another process wait out a writer's lock instead of failing.
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        # One connection, shared by threads (a serving replica scores off its event
+        # loop): the lock keeps their transactions from interleaving on it.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(
@@ -496,14 +508,15 @@ class SqliteEventBuffers(EventBuffers):
 
     @contextmanager
     def _transaction(self, mode: str) -> Iterator[sqlite3.Cursor]:
-        cursor = self._db.cursor()
-        cursor.execute(f"BEGIN {mode}")
-        try:
-            yield cursor
-        except BaseException:
-            cursor.execute("ROLLBACK")
-            raise
-        cursor.execute("COMMIT")
+        with self._lock:
+            cursor = self._db.cursor()
+            cursor.execute(f"BEGIN {mode}")
+            try:
+                yield cursor
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
 
     def _raise_meta(self, cursor: sqlite3.Cursor, name: str, value: int) -> None:
         cursor.execute(

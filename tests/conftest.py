@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
+import pandas as pd
 import pytest
 import redis
 
@@ -57,6 +59,59 @@ def pipeline_run(
     with dg.instance_for_test() as instance:
         results = run_pipeline(resources, instance, FAST_MODEL)
         yield PipelineRun(small_data, data_dir, resources, results)
+
+
+@dataclass
+class ServedData:
+    """A copy of the session's pipeline output for serving: registry, lake, and a filled online store."""
+
+    data: SimulatedData
+    data_dir: Path
+    resources: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def served_data(pipeline_run: PipelineRun, tmp_path_factory: pytest.TempPathFactory) -> ServedData:
+    """The registry (a champion) and training set of `pipeline_run`, copied so serving tests
+    may register and promote models, and online event buffers holding every event and report."""
+    from streaming.online import TRANSACTION_COLUMNS
+
+    data_dir = tmp_path_factory.mktemp("served")
+    for part in ("mlflow", "lake"):
+        shutil.copytree(pipeline_run.data_dir / part, data_dir / part)
+    resources = build_resources("local", data_dir)
+    with resources["stream"].online() as online:
+        online.add_transactions(pipeline_run.data.events()[list(TRANSACTION_COLUMNS)])
+        online.add_reports(pipeline_run.data.fraud_reports)
+    return ServedData(pipeline_run.data, data_dir, resources)
+
+
+def score_body(row: pd.Series, **overrides: Any) -> dict[str, Any]:
+    """A `/v1/score` body from a transaction row, with fields replaced by `overrides`."""
+    body = {
+        "transaction_id": int(row["TRANSACTION_ID"]),
+        "customer_id": int(row["CUSTOMER_ID"]),
+        "terminal_id": int(row["TERMINAL_ID"]),
+        "amount": float(row["TX_AMOUNT"]),
+        "timestamp": pd.Timestamp(row["TX_DATETIME"]).isoformat(),
+    }
+    return {**body, **overrides}
+
+
+def register_variant(served: ServedData, training_set: pd.DataFrame) -> str:
+    """A second, different model version in the registry: the challenger."""
+    import xgboost as xgb
+
+    from feature_repo.windows import MODEL_FEATURES
+    from modeling import registry
+
+    mlflow = served.resources["mlflow"]
+    experiment = mlflow.activate()
+    features = training_set[list(MODEL_FEATURES)]
+    model = xgb.XGBClassifier(n_estimators=5, max_depth=2, random_state=1).fit(
+        features, training_set["TX_FRAUD"]
+    )
+    return registry.register_model(model, features.head(20), mlflow.model_name, experiment, {}, {}, {})
 
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -6,15 +6,17 @@ dataset, where they are measured against a baseline in the same run.
 
 from __future__ import annotations
 
+import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from bench import model_quality, training_set
+from bench import model_quality, serve, training_set
 from bench.common import run_in_child
 from simulator import simulate
-from tests.conftest import SMALL
+from tests.conftest import SMALL, PipelineRun
 
 
 def test_training_set_bench_agrees_with_the_pandas_baseline(capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,3 +68,24 @@ def test_model_quality_bench_prints_metrics_in_range(capsys: pytest.CaptureFixtu
         assert set(r.metrics) == set(model_quality.METRICS)
         assert all(0.0 <= value <= 1.0 for value in r.metrics.values()), r
     assert result.selection and all(0.0 <= s["mean"] <= 1.0 for s in result.selection)
+
+
+def test_serve_bench_loads_the_uvicorn_baseline(
+    pipeline_run: PipelineRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A copy: the bench fills the online buffers, and other tests share the session's stores.
+    data_dir = tmp_path / "data"
+    shutil.copytree(pipeline_run.data_dir, data_dir)
+
+    result = serve.main(["--quick", "--variants", "uvicorn", "--data-dir", str(data_dir)])
+    printed = capsys.readouterr().out
+
+    assert not result.failures
+    assert "| variant" in printed and serve.BY_KEY["uvicorn"].label in printed
+    assert [m.phase.kind for m in result.measurements] == ["one", "saturation", "open", "open"]
+    for m in result.measurements:
+        assert m.result.ok > 0 and m.server_cores > 0, m
+    alone = result.measurements[0].result
+    assert not alone.failed and 0 < alone.p50_ms <= alone.p99_ms < math.inf
+    assert result.measurements[0].mean_batch == 1.0  # scored alone: the server's own counters agree
+    assert result.checks == []  # none of our variants ran: no claim is judged

@@ -1,0 +1,63 @@
+"""The Ray Serve application: `serve run serving.app:app` or a Serve config YAML (`serving/config/`).
+
+One deployment is ingress, batcher and scorer: a hop between deployments
+would cost more than the whole scoring path. `reconfigure` applies the
+`user_config` in place (model versions, rollout, batching, cache), which is
+how the champion moves without a redeploy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from serving.api import build_api
+from serving.config import ServingConfig
+from serving.schemas import Score, Transaction
+from serving.service import NotReadyError, ScoringService
+
+logger = logging.getLogger(__name__)
+
+
+@serve.deployment(
+    name="FraudScoring",
+    max_ongoing_requests=256,
+    max_queued_requests=512,
+    ray_actor_options={"num_cpus": 1},
+)
+@serve.ingress()
+class FraudScoring:
+    def __init__(self) -> None:
+        self.service = ScoringService.from_profile()
+        try:
+            self.service.configure(ServingConfig())
+        except NotReadyError as exc:  # no champion yet: up, not ready, until a config names one
+            logger.warning("replica started without a model: %s", exc)
+        # The imports and the model are here for the replica's life: frozen, the
+        # garbage collector stops rescanning them, which otherwise stalls large batches.
+        gc.freeze()
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self.service, self.score_one)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        config = ServingConfig.model_validate(user_config)
+        await asyncio.to_thread(self.service.configure, config)
+        # Methods @serve.batch adds to the batched method.
+        self.score_one.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]
+        self.score_one.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[attr-defined]
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def score_one(self, transactions: list[Transaction]) -> list[Score | Exception]:
+        return await asyncio.to_thread(self.service.score_each, transactions)
+
+    def __del__(self) -> None:
+        self.service.close()
+
+
+app = FraudScoring.bind()  # type: ignore[attr-defined]
