@@ -60,7 +60,7 @@ N_REQUESTS = 100_000
 """Distinct single-score bodies: real transactions first, then copies under fresh ids with the
 amount moved by a cent per pass, so the result cache never answers a request it saw before."""
 
-BATCH_SIZES = (1_000, 10_000)
+BATCH_SIZES = (1_000, 5_000)
 SERVER_NICENESS = 15
 TARGET_RATE = 500.0
 READY_TIMEOUT_S = 300.0
@@ -112,7 +112,7 @@ FULL = Settings(
     rates=(100.0, 300.0, 500.0),
     clients=64,
     open_connections=64,
-    batch_sizes=(1_000, 10_000),
+    batch_sizes=(1_000, 5_000),
     batch_clients=2,
     timeout_s=5.0,
 )
@@ -915,7 +915,7 @@ def _parser() -> argparse.ArgumentParser:
         "--clients", type=int, default=None, help="closed-loop clients at saturation (default 64)"
     )
     parser.add_argument(
-        "--batch-sizes", default=None, help="transactions per /v1/score/batch call: 1000 and/or 10000"
+        "--batch-sizes", default=None, help="transactions per /v1/score/batch call: 1000 and/or 5000"
     )
     parser.add_argument(
         "--variants",

@@ -20,6 +20,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 logger = logging.getLogger(__name__)
 
 
+@app.callback()
+def main() -> None:
+    """Serve fraud scores with Ray Serve (`run`); more commands may join it, hence a group."""
+
+
 @app.command()
 def run(
     config: Annotated[

@@ -26,6 +26,7 @@ import pytest
 from ray import serve
 
 from bench.loadgen import LoadSpec, run_in_process
+from feature_repo.windows import MODEL_FEATURES
 from modeling import registry
 from serving import deploy
 from serving.model import ModelStore
@@ -121,7 +122,7 @@ def _wait_for(deployed: Deployment, done: Callable[[dict[str, Any]], bool], body
     raise AssertionError("the deployment never reached the expected state")
 
 
-def test_deployed_app_scores_one_and_many_and_publishes_its_contract(deployed: Deployment) -> None:
+def test_deployed_app_scores_one_and_many_as_offline_and_publishes_its_contract(deployed: Deployment) -> None:
     rows = deployed.training_set.tail(200)
     one = httpx.post(f"{deployed.url}/v1/score", json=score_body(rows.iloc[0]), timeout=30)
     assert one.status_code == 200, one.text
@@ -135,6 +136,21 @@ def test_deployed_app_scores_one_and_many_and_publishes_its_contract(deployed: D
     assert [s["transaction_id"] for s in many.json()["scores"]] == rows["TRANSACTION_ID"].tolist()
     assert one.json()["probability"] == pytest.approx(many.json()["scores"][0]["probability"], abs=1e-12)
     assert httpx.get(f"{deployed.url}/readyz").json()["ready"] is True
+
+    sample = deployed.training_set.sample(1_000, random_state=1)
+    mlflow = deployed.served.resources["mlflow"]
+    mlflow.activate()
+    version = registry.alias_version(mlflow.client(), mlflow.model_name, registry.CHAMPION)
+    assert version is not None
+    offline = registry.load_model(mlflow.model_name, version).predict_proba(sample[list(MODEL_FEATURES)])[
+        :, 1
+    ]
+    served = httpx.post(
+        f"{deployed.url}/v1/score/batch",
+        json={"transactions": [score_body(r) for _, r in sample.iterrows()]},
+        timeout=60,
+    ).json()["scores"]
+    np.testing.assert_allclose([s["probability"] for s in served], offline, rtol=0, atol=1e-6)
     assert "/v1/score/batch" in httpx.get(f"{deployed.url}/openapi.json").json()["paths"]
     assert "fraudpipe_serve_batch_size_bucket" in httpx.get(f"{deployed.url}/metrics").text
     assert httpx.post(f"{deployed.url}/v1/score", json=score_body(rows.iloc[0], amount=-1)).status_code == 422
