@@ -1,10 +1,11 @@
-"""Offline evaluation of window features, exact at any timestamp.
+"""Evaluation of window features, exact at any timestamp: the training set's and serving's one engine.
 
 Every feature is a sum over an entity's events in a half-open time window
-(lo, hi]. Sorting events by (entity, time) and taking prefix sums turns each
-window into two binary searches, so a full point-in-time feature table costs
-O((events + queries) log events) with no per-row Python. Times and entities are
-dense-ranked first so the composite (entity, time) key is an exact int64 at
+(lo, hi]. Sorted by (entity, time), each window is a slice found by two binary
+searches, summed in one vectorised pass, so a full point-in-time feature table
+costs O((events + queries) log events + window sizes) with no per-row Python,
+and a single serving request costs microseconds of numpy. Times and entities
+are dense-ranked first so the composite (entity, time) key is an exact int64 at
 nanosecond resolution whatever the id range.
 """
 
