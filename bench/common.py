@@ -30,10 +30,14 @@ QUICK_SIZE = {"customers": 300, "terminals": 600, "days": 140}
 """The test suite's small dataset: still long enough for the handbook split and its folds."""
 
 
-def dataset_parser(description: str) -> argparse.ArgumentParser:
-    """Options every benchmark takes: the simulated dataset's size and seed."""
+def dataset_parser(
+    description: str,
+    sizes: dict[str, int] = DEFAULT_SIZE,
+    quick_help: str = "a small dataset (one compromised terminal and card a day) for a smoke run",
+) -> argparse.ArgumentParser:
+    """Options every benchmark takes: the simulated dataset's size (`sizes` by default) and seed."""
     parser = argparse.ArgumentParser(description=description)
-    for name, default in DEFAULT_SIZE.items():
+    for name, default in sizes.items():
         parser.add_argument(
             f"--{name}",
             type=int,
@@ -41,11 +45,7 @@ def dataset_parser(description: str) -> argparse.ArgumentParser:
             help=f"default {default:,}; {QUICK_SIZE[name]:,} with --quick",
         )
     parser.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a small dataset (one compromised terminal and card a day) for a smoke run",
-    )
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     return parser
 
 

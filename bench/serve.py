@@ -41,7 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from bench.common import QUICK_SIZE, Stages, describe, markdown_table, quiet_warnings, simulator_config
+from bench.common import (
+    Stages,
+    dataset_parser,
+    describe,
+    markdown_table,
+    quiet_warnings,
+    simulator_config,
+)
 from bench.loadgen import LoadResult, LoadSpec, run_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -887,17 +894,10 @@ def checks(measurements: Sequence[Measurement], settings: Settings) -> list[Chec
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    for name, default in SERVE_SIZE.items():
-        parser.add_argument(
-            f"--{name}",
-            type=int,
-            default=None,
-            help=f"default {default:,}; {QUICK_SIZE[name]:,} with --quick",
-        )
-    parser.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
-    parser.add_argument(
-        "--quick", action="store_true", help="small dataset, short phases, fewer rates: a smoke run"
+    parser = dataset_parser(
+        (__doc__ or "").splitlines()[0],
+        SERVE_SIZE,
+        quick_help="small dataset, short phases, fewer rates: a smoke run",
     )
     parser.add_argument(
         "--duration",
