@@ -2,7 +2,7 @@
 
 A retried or duplicated transaction reads the same features at the same
 timestamp, so it gets the same score without a model call. The version is in
-the key and a swap clears the cache, so a stale score can never outlive its model.
+the key and a swap starts an empty cache, so a stale score can never outlive its model.
 """
 
 from __future__ import annotations
@@ -57,10 +57,3 @@ class ResultCache:
                 self._entries.move_to_end(key)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)

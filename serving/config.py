@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 RolloutMode = Literal["champion", "ab", "shadow", "canary"]
+Device = Literal["cpu", "cuda"]
 
 
 class Rollout(BaseModel):
@@ -62,7 +63,7 @@ class ServingConfig(BaseModel):
     max_transactions_per_call: int = Field(default=5_000, ge=1, le=8_000)
     cache_size: int = Field(default=100_000, ge=0)
     cache_ttl_s: float = Field(default=300.0, gt=0.0)
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Device = "cpu"
     champion_version: str | None = None
     challenger_version: str | None = None
     rollout: Rollout = Rollout()

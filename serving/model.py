@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import xgboost as xgb
 
 from modeling import registry
 from orchestration.resources import MLflowResource
-
-Device = Literal["cpu", "cuda"]
+from serving.config import Device
 
 
 @dataclass(frozen=True)
