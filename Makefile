@@ -10,9 +10,12 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 UV ?= uv
 RUN := $(UV) run --frozen
 
+DEV_PORT ?= 3000
+
 .DEFAULT_GOAL := help
 .PHONY: help install demo dev mlflow test test-integration lint typecheck format rollback \
-	simulate bench bench-serve prod-init clean consume produce replay push broker serve
+	simulate bench bench-serve bench-monitoring prod-init clean consume produce replay push broker serve \
+	monitor-export
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -24,11 +27,11 @@ install: ## create .venv from uv.lock (installs uv with pip if missing)
 $(DAGSTER_HOME)/dagster.yaml: orchestration/instance/$(PROFILE)/dagster.yaml
 	@mkdir -p $(DAGSTER_HOME) && cp $< $@
 
-demo: install $(DAGSTER_HOME)/dagster.yaml ## simulate demo data, run ingestion + training headless, print metrics
+demo: install $(DAGSTER_HOME)/dagster.yaml ## the whole loop: train, serve, live traffic, drift, retrain, swap (~10 min)
 	$(RUN) python -m orchestration demo
 
 dev: install $(DAGSTER_HOME)/dagster.yaml ## Dagster UI on http://127.0.0.1:3000 (workspace.yaml)
-	$(RUN) dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(RUN) dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
 
 MLFLOW_STORE = $(if $(filter prod,$(PROFILE)),$(FRAUDPIPE_MLFLOW_PG_URL),sqlite:///$(CURDIR)/data/mlflow/mlflow.db)
 
@@ -58,6 +61,9 @@ replay: install ## re-land FROM..TO from the bus and rebuild the online features
 push: install ## HTTP push endpoint on http://127.0.0.1:8090 appending to the bus
 	$(RUN) python -m streaming push
 
+monitor-export: install ## Prometheus exporter of the monitoring results on http://127.0.0.1:9465/metrics
+	$(RUN) python -m monitoring export --metrics-path $(or $(FRAUDPIPE_DATA_DIR),data)/lake/monitoring_metrics.parquet --port 9465
+
 serve: install ## Ray Serve on http://127.0.0.1:8000 (POST /v1/score, /docs), following the champion alias
 	$(RUN) python -m serving run
 
@@ -81,9 +87,13 @@ test: lint typecheck ## lint, type-check, then every test (needs PostgreSQL and 
 test-integration: install ## only the tests against real PostgreSQL / Redis
 	$(RUN) pytest -m integration
 
-bench: install ## benchmarks: training-set build and model quality on the default dataset
+bench: install ## benchmarks: training-set build, model quality, drift of 1 M rows
 	$(RUN) python -m bench.training_set
 	$(RUN) python -m bench.model_quality
+	$(RUN) python -m bench.monitoring
+
+bench-monitoring: install ## drift of 1 M rows x 15 features: our PSI + KS vs Evidently's DataDriftPreset
+	$(RUN) python -m bench.monitoring
 
 bench-serve: install ## serving benchmark: our Ray Serve app vs naive Ray Serve + Feast and uvicorn (~8 min)
 	$(RUN) python -m bench.serve

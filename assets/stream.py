@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from orchestration.resources import EventSourceResource
-from streaming.landing import TABLES, ConsumerStatus, StreamLanding
+from streaming.landing import EVENT_TABLES, ConsumerStatus, StreamLanding
 
 EVENT_STREAM = dg.AssetSpec(
     "event_stream",
@@ -50,7 +50,7 @@ def observe_landing(landing: StreamLanding, now: datetime) -> dg.ObserveResult:
     """
     digest = hashlib.sha256()
     metadata: dict[str, dg.MetadataValue] = {"stream": dg.MetadataValue.path(landing.root)}
-    for table in TABLES:
+    for table in EVENT_TABLES:
         days = landing.days(table)
         for day in days:
             digest.update(f"{table}/{day}/{landing.fingerprint(table, day)}\n".encode())

@@ -14,7 +14,8 @@ from assets.training_set import snapshot_id
 from feature_repo.windows import FEATURE_SERVICE_NAME, MODEL_FEATURES
 from modeling import registry
 from modeling.split import SplitWindow, train_test_split
-from modeling.train import evaluate, select_params, train_and_evaluate
+from modeling.train import evaluate, score, select_params, train_and_evaluate
+from monitoring.reference import REFERENCE_DIR, write_reference
 from orchestration.resources import LakeResource, MLflowResource
 
 MODEL_DIR = "fraud_model"
@@ -113,9 +114,12 @@ def registered_model(
     context: dg.AssetExecutionContext, lake: LakeResource, mlflow: MLflowResource
 ) -> dg.MaterializeResult:
     """The trained model in the MLflow registry as the `challenger`, with its params,
-    metrics, signature, feature service, training-data snapshot and code version."""
+    metrics, signature, feature service, training-data snapshot and code version, and
+    the reference monitoring measures drift against (its training rows, its test scores)."""
     model, summary = _read_model(lake)
     frame = lake.read_table("training_set")
+    train, test = train_test_split(frame, split_window(summary["window"]))
+    reference = write_reference(train, score(model, test), lake.artifact_dir(MODEL_DIR) / REFERENCE_DIR)
     experiment_id = mlflow.activate()
     tags = {
         "feature_service": FEATURE_SERVICE_NAME,
@@ -132,6 +136,7 @@ def registered_model(
         summary["params"],
         summary["metrics"],
         tags,
+        artifact_dirs={REFERENCE_DIR: reference},
     )
     context.log.info(f"registered {mlflow.model_name} v{version} as {registry.CHALLENGER}")
     return dg.MaterializeResult(metadata={"model_name": mlflow.model_name, "version": version, **tags})

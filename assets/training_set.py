@@ -80,9 +80,8 @@ def training_set(
 ) -> dg.MaterializeResult:
     """Every settled transaction with its 15 model features as of its own timestamp
     (Feast point-in-time join on the `fraud_model_v1` service) and its fraud label."""
-    labelled = settled_transactions(
-        load_transactions(lake), load_reports(lake), config.start_day, config.end_day
-    )
+    reports = load_reports(lake)
+    labelled = settled_transactions(load_transactions(lake), reports, config.start_day, config.end_day)
     if labelled.empty:
         raise ValueError("no settled transaction in the requested days: nothing to train on")
     frame = build_training_set(feast, labelled)
@@ -96,6 +95,8 @@ def training_set(
             "first": str(frame["TX_DATETIME"].min()),
             "last": str(frame["TX_DATETIME"].max()),
             "snapshot_id": snapshot,
+            # The last label this set could know of: label_volume_sensor counts reports after it.
+            "label_horizon": str(reports["REPORT_DATETIME"].max()) if len(reports) else "",
             "feature_service": FEATURE_SERVICE_NAME,
             "path": str(path),
         }

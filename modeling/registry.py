@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -33,8 +34,13 @@ def register_model(
     params: Mapping[str, Any],
     metrics: Mapping[str, float],
     tags: Mapping[str, str],
+    artifact_dirs: Mapping[str, Path] | None = None,
 ) -> str:
     """Log a run with the model as UBJ, register it, and make it the challenger.
+
+    `artifact_dirs` are local directories logged beside the model under the
+    given names (the monitoring reference, say), so what judges a model
+    travels with it.
 
     Returns:
         The new model version.
@@ -43,6 +49,8 @@ def register_model(
         mlflow.log_params(dict(params))
         mlflow.log_metrics(dict(metrics))
         mlflow.set_tags(dict(tags))
+        for name, directory in (artifact_dirs or {}).items():
+            mlflow.log_artifacts(str(directory), artifact_path=name)
         info = mlflow.xgboost.log_model(
             model,
             name="model",
@@ -74,6 +82,14 @@ def load_model(model_name: str, version: str) -> xgb.XGBClassifier:
     if not isinstance(model, xgb.XGBClassifier):
         raise TypeError(f"{model_name} v{version} is a {type(model).__name__}, not an XGBClassifier")
     return model
+
+
+def download_artifacts(client: MlflowClient, model_name: str, version: str, directory: str) -> Path:
+    """A local copy of an artifact directory logged with a version's run."""
+    run_id = client.get_model_version(model_name, version).run_id
+    if not run_id:
+        raise ValueError(f"{model_name} v{version} has no run to read {directory!r} from")
+    return Path(client.download_artifacts(run_id, directory))
 
 
 def champion_history(client: MlflowClient, model_name: str) -> list[str]:

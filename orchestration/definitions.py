@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import features, ingestion, stream, training, training_set, validation
+from assets import features, ingestion, monitoring, serving, stream, training, training_set, validation
+from orchestration.jobs import (
+    ingestion_job,
+    monitoring_job,
+    retraining_job,
+    serving_health_job,
+    training_job,
+)
+from orchestration.monitoring_runs import monitoring_after_ingestion
 from orchestration.profiles import active_profile, build_resources
+from orchestration.retraining import RETRAINING_SENSORS
 from orchestration.sensors import stream_landing_sensor
 
-training_job = dg.define_asset_job(
-    "training_job",
-    selection=dg.AssetSelection.groups("features", "training"),
-    description="Features, point-in-time training set, model, registration and promotion gate.",
-)
-
-ingestion_job = dg.define_asset_job(
-    "ingestion_job",
-    selection=dg.AssetSelection.groups("ingestion"),
-    description="Land a range of days of raw transactions and fraud reports, with their checks.",
-)
-
-ASSET_MODULES = (ingestion, stream, features, training_set, training)
+ASSET_MODULES = (ingestion, stream, features, training_set, training, serving, monitoring)
 
 
 def build_definitions(resources: dict[str, object]) -> dg.Definitions:
@@ -31,8 +28,15 @@ def build_definitions(resources: dict[str, object]) -> dg.Definitions:
             *dg.load_asset_checks_from_modules([training]),
             *validation.checks,
         ],
-        jobs=[ingestion_job, training_job],
-        sensors=[stream_landing_sensor],
+        jobs=[ingestion_job, training_job, retraining_job, monitoring_job, serving_health_job],
+        schedules=[
+            dg.ScheduleDefinition(
+                job=serving_health_job,
+                cron_schedule="*/5 * * * *",
+                default_status=dg.DefaultScheduleStatus.RUNNING,
+            )
+        ],
+        sensors=[stream_landing_sensor, monitoring_after_ingestion, *RETRAINING_SENSORS],
         resources=resources,
     )
 

@@ -18,6 +18,7 @@ from orchestration.resources import (
     FeastResource,
     LakeResource,
     MLflowResource,
+    MonitoringResource,
 )
 from streaming.resources import LOCAL_BROKER_SCHEME, StreamResource
 
@@ -60,6 +61,7 @@ def build_resources(
         "source": EventSourceResource(
             path=str(data / "source"), stream_path=str(landing) if source == "stream" else ""
         ),
+        "monitoring": MonitoringResource(),
     }
     if profile == "local":
         return {

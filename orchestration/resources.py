@@ -64,6 +64,10 @@ class LakeResource(dg.ConfigurableResource):
         files = sorted((Path(self.root) / table).glob("date=*/part-0.parquet"))
         return [p for p in files if p.parent.name not in skip]
 
+    def days(self, table: str) -> list[str]:
+        """The days of `table` with a landed partition, in order."""
+        return [p.parent.name.removeprefix("date=") for p in self._landed(table)]
+
     def read_partitions(self, table: str) -> pd.DataFrame:
         """Every landed partition, concatenated in day order."""
         paths = self._landed(table)
@@ -249,3 +253,57 @@ class MLflowResource(dg.ConfigurableResource):
         import mlflow
 
         return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+
+class MonitoringResource(dg.ConfigurableResource):
+    """Thresholds of the monitors and the retraining policy: one place to tune the loop.
+
+    Days are simulated (event-time) days, so replays and live traffic follow
+    the same policy. The defaults are calibrated on the simulator's scenarios
+    (`tests/test_monitoring_scenarios.py`): no retraining over 30 days without
+    drift, a card-testing attack detected within 3 days of its onset.
+
+    Drift:
+        psi_threshold / ks_threshold: a feature drifts when either is exceeded
+            on a day's served features against the champion's training rows.
+        min_drifted_features: features that must drift together for the day
+            to count as drifted (one noisy feature is not an episode).
+        ignored_features: never judged: `TX_DURING_WEEKEND` is a calendar fact,
+            and a Saturday is not drift.
+        min_rows: a day with fewer finite rows is "insufficient data".
+        drift_cooldown_days: after a drift-triggered retraining, drift on the
+            next days is the same episode, not a new trigger.
+    Performance (over days whose labels are complete):
+        performance_metric, performance_window_days: the champion's mean
+            daily metric over the last days;
+        performance_floor / performance_max_drop: it fires when that mean is
+            below the floor, or below the model's own test value by the drop.
+    Label volume:
+        label_volume_min_reports: fraud reports landed after the last
+            training set's label horizon that warrant retraining.
+    Retraining window (ending at the latest settled day):
+        retrain_train_days, retrain_test_days: the promotion gate judges the
+            challenger and the champion on the test days.
+    Serving:
+        flag_threshold: the decision threshold of serving, for the share flagged.
+        serve_url: Ray Serve's HTTP address: `serving_health` reads its /metrics,
+            the `scoring_service` observation its /readyz.
+        evidently_reports: also save Evidently's HTML drift report per day.
+    """
+
+    psi_threshold: float = 0.2
+    ks_threshold: float = 0.15
+    min_drifted_features: int = 2
+    ignored_features: list[str] = ["TX_DURING_WEEKEND"]
+    min_rows: int = 200
+    drift_cooldown_days: int = 6
+    performance_metric: str = "average_precision"
+    performance_window_days: int = 3
+    performance_floor: float = 0.4
+    performance_max_drop: float = 0.3
+    label_volume_min_reports: int = 1500
+    retrain_train_days: int = 14
+    retrain_test_days: int = 3
+    flag_threshold: float = 0.5
+    serve_url: str = "http://127.0.0.1:8000"
+    evidently_reports: bool = True

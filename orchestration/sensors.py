@@ -44,7 +44,7 @@ import dagster as dg
 
 from assets.partitions import HISTORY_START
 from orchestration.resources import EventSourceResource
-from streaming.landing import TABLES, StreamLanding
+from streaming.landing import EVENT_TABLES, StreamLanding
 
 SENSOR_NAME = "stream_landing_sensor"
 LAUNCHED_BY = "fraudpipe/launched_by"
@@ -74,8 +74,10 @@ def first_incomplete_day(landing: StreamLanding, grace: timedelta, now: datetime
 
 
 def day_fingerprint(landing: StreamLanding, day: str) -> str:
-    """The day's landed files of every table, as one digest: it changes when any of them gets a file."""
-    parts = "".join(f"{table}:{landing.fingerprint(table, day)}\n" for table in TABLES)
+    """The day's landed files of both event tables, as one digest: it changes when any of them gets a file.
+
+    Predictions are left out: a day's answers landing does not change what ingestion lands for it."""
+    parts = "".join(f"{table}:{landing.fingerprint(table, day)}\n" for table in EVENT_TABLES)
     return hashlib.sha256(parts.encode()).hexdigest()[:16]
 
 
@@ -87,7 +89,7 @@ def _stamp(landing: StreamLanding, day: str) -> str | None:
     was added since.
     """
     times = []
-    for table in TABLES:
+    for table in EVENT_TABLES:
         try:
             times.append(landing.day_dir(table, day).stat().st_mtime_ns)
         except FileNotFoundError:
@@ -136,7 +138,7 @@ def stream_landing_sensor(
         return dg.SkipReason(f"run {unfinished[0].run_id} has not finished, and days land in order")
     seen: dict[str, list[str | None]] = json.loads(context.cursor) if context.cursor else {}
     due: dict[str, str] = {}
-    days = sorted({day for table in TABLES for day in landing.days(table)})
+    days = sorted({day for table in EVENT_TABLES for day in landing.days(table)})
     for day in days:
         if day >= first_incomplete:
             break

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from simulator.config import SimulatorConfig
+from simulator.config import Drift, SimulatorConfig
 from simulator.generate import simulate
 from simulator.storage import read_dataset, write_dataset
 from simulator.summary import format_summary, summarize
@@ -32,6 +32,12 @@ def generate(
         float,
         typer.Option(help="Longest delay of a fraud report, in days (at most 7)."),
     ] = _DEFAULTS.report_delay_max_days,
+    drift: Annotated[
+        Drift, typer.Option(help="Drift scenario from --drift-start-day on (see simulator.drift).")
+    ] = _DEFAULTS.drift,
+    drift_start_day: Annotated[
+        int, typer.Option(help="Day index (0 = start date) the drift starts, in [1, days - 1].")
+    ] = _DEFAULTS.drift_start_day,
 ) -> None:
     """Simulate transactions, frauds and fraud reports, and write them as Parquet."""
     try:
@@ -43,6 +49,8 @@ def generate(
             seed=seed,
             report_delay_min_days=report_delay_min,
             report_delay_max_days=report_delay_max,
+            drift=drift,
+            drift_start_day=drift_start_day,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error

@@ -35,7 +35,8 @@ class SimulatedData:
             ``TRANSACTION_ID`` (0 .. n-1 in time order): ``TX_DATETIME``
             (UTC), ``CUSTOMER_ID``, ``TERMINAL_ID``, ``TX_AMOUNT`` (cents),
             ``TX_TIME_SECONDS`` and ``TX_TIME_DAYS`` (since the start date),
-            ``TX_FRAUD`` and ``TX_FRAUD_SCENARIO`` (int8, scenario 0 is legitimate).
+            ``TX_FRAUD`` and ``TX_FRAUD_SCENARIO`` (int8, scenario 0 is legitimate,
+            4 is card testing: :mod:`simulator.drift`).
         fraud_reports: ``TRANSACTION_ID`` and ``REPORT_DATETIME`` (UTC), one
             per fraud, sorted by ``REPORT_DATETIME``.
         config: The configuration that generated the data; ``None`` for data

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from simulator.config import SimulatorConfig
 from simulator.data import SimulatedData
+from simulator.drift import add_card_testing, shift_spending
 from simulator.profiles import (
     generate_customers,
     generate_terminals,
@@ -39,7 +40,11 @@ _STREAMS = (
     "scenario 2",
     "scenario 3",
     "reports",
+    "drift",
 )
+"""Random streams, one per stage, in spawn order. A new stream goes at the end:
+child ``i`` of a seed sequence depends on ``i`` only, so the existing streams,
+and the data of a run without drift, stay what they were."""
 
 
 def simulate(config: SimulatorConfig = DEFAULT_CONFIG, progress: bool = False) -> SimulatedData:
@@ -48,6 +53,13 @@ def simulate(config: SimulatorConfig = DEFAULT_CONFIG, progress: bool = False) -
     Each stage draws from its own random stream, spawned from ``config.seed``
     in a fixed order, so a change to one stage's settings (say the report
     delays) leaves what the other stages draw unchanged.
+
+    A drift scenario (``config.drift``, see :mod:`simulator.drift`) changes
+    the data from ``config.drift_start_day`` on and leaves the days before it
+    as they are without drift: a spending shift scales the legitimate
+    amounts before the fraud scenarios label them; card testing adds its
+    terminals and bursts after, so the handbook's scenarios never pick a
+    burst payment.
 
     Args:
         config: What to simulate.
@@ -71,8 +83,12 @@ def simulate(config: SimulatorConfig = DEFAULT_CONFIG, progress: bool = False) -
         terminal_lists = terminals_within_radius(customers, terminals, config.radius)
         _advance(bar)
         transactions = generate_transactions(customers, terminal_lists, config.n_days, rng["transactions"])
+        if config.drift == "spending_shift":
+            transactions = shift_spending(transactions, config.drift_start_day, config.spending_factor)
         _advance(bar)
         transactions = apply_scenarios(transactions, config, rng["scenario 2"], rng["scenario 3"])
+        if config.drift == "card_testing":
+            terminals, transactions = add_card_testing(terminals, transactions, config, rng["drift"])
         _advance(bar)
         transactions = _in_time_order(transactions, config.start_date)
         _advance(bar)

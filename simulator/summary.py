@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from simulator.data import SimulatedData
+from simulator.drift import CARD_TESTING_SCENARIO
 
 
 def summarize(data: SimulatedData) -> dict[str, int | float | str]:
@@ -32,6 +33,8 @@ def summarize(data: SimulatedData) -> dict[str, int | float | str]:
     }
     for number in (1, 2, 3):
         summary[f"scenario {number} frauds"] = int(scenario.get(number, 0))
+    if CARD_TESTING_SCENARIO in scenario.index:
+        summary["card-testing frauds"] = int(scenario[CARD_TESTING_SCENARIO])
     summary["fraud reports"] = len(data.fraud_reports)
     return summary
 

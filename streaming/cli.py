@@ -28,7 +28,7 @@ import typer
 from feature_repo.windows import FEATURE_GROUPS
 from orchestration.profiles import active_profile, build_resources
 from streaming.bus_kafka import mock_kafka_cluster
-from streaming.consumer import ConsumerSettings, StreamConsumer, TimeWindow, Totals
+from streaming.consumer import EVENT_KINDS, LANDED_KINDS, ConsumerSettings, StreamConsumer, TimeWindow, Totals
 from streaming.http_push import DEFAULT_PORT, create_app, serve
 from streaming.resources import LocalBrokerMissingError, StreamResource
 from streaming.traffic import in_window, send_events
@@ -41,6 +41,13 @@ Overrides = Annotated[
     typer.Option(
         "--set",
         help="Override a field of the profile's StreamResource, e.g. --set batch_size=500 (repeatable).",
+    ),
+]
+Predictions = Annotated[
+    bool,
+    typer.Option(
+        "--predictions/--no-predictions",
+        help="Land serving's prediction log (the predictions topic) too; it never feeds the features.",
     ),
 ]
 REPLAY_LOOKBACK = timedelta(days=max(group.horizon_days for group in FEATURE_GROUPS))
@@ -131,9 +138,18 @@ def _progress_logger(every_s: float = 5.0) -> Callable[[str, Totals], None]:
     return on_batch
 
 
-def _run(stream: StreamResource, settings: ConsumerSettings, idle_exit: float | None, clear: bool) -> None:
+def _run(
+    stream: StreamResource,
+    settings: ConsumerSettings,
+    idle_exit: float | None,
+    clear: bool,
+    predictions: bool,
+) -> None:
     online = stream.online()
-    with StreamConsumer(stream.bus(), stream.topics(), stream.landing(), online, settings) as consumer:
+    kinds = LANDED_KINDS if predictions else EVENT_KINDS
+    with StreamConsumer(
+        stream.bus(), stream.topics(), stream.landing(), online, settings, kinds=kinds
+    ) as consumer:
         if clear:  # only now that the bus answered: a failed start must not leave the store empty
             online.clear()
         if stream.metrics_port:
@@ -153,13 +169,14 @@ def consume(
     idle_exit: float | None = typer.Option(
         None, help="Exit once the group has committed everything and nothing came for this many seconds."
     ),
+    predictions: Predictions = True,
     overrides: Overrides = None,
 ) -> None:
-    """Land events from the bus and keep the online features fresh, until stopped."""
+    """Land events and serving's predictions from the bus, keep the online features fresh, until stopped."""
     stream = stream_resource(overrides)
     settings = ConsumerSettings(group=stream.group, name=name, batch_size=stream.batch_size)
     with _local_broker(stream):
-        _run(stream, settings, idle_exit, clear=False)
+        _run(stream, settings, idle_exit, clear=False, predictions=predictions)
 
 
 def _day(text: str) -> datetime:
@@ -179,13 +196,15 @@ def replay(
         "or point --set online_prefix=... at a fresh store and switch serving to it).",
     ),
     idle_exit: float = typer.Option(5.0, help="Seconds without a message, once caught up, before exiting."),
+    predictions: Predictions = True,
     overrides: Overrides = None,
 ) -> None:
     """Re-land a period from the bus and rebuild the online features; idempotent.
 
-    A consumer group of its own reads the bus from its start: events of
-    [FROM, TO] are landed again (ids already landed are skipped), and the
-    online store gets every event from the features' horizon before FROM on,
+    A consumer group of its own reads the bus from its start: events and
+    predictions of [FROM, TO] are landed again (ids already landed are
+    skipped), and the online store gets every event from the features'
+    horizon before FROM on,
     so reads from the store's floor (its latest event less a day) are exact.
     The bus must still hold that span. It exits once the bus is read to its
     end; under continuous traffic it follows the live events until stopped.
@@ -202,7 +221,13 @@ def replay(
         online_window=TimeWindow(first - REPLAY_LOOKBACK),
         live=False,
     )
-    _run(stream.model_copy(update={"metrics_port": 0}), settings, idle_exit, clear=rebuild_online)
+    _run(
+        stream.model_copy(update={"metrics_port": 0}),
+        settings,
+        idle_exit,
+        clear=rebuild_online,
+        predictions=predictions,
+    )
 
 
 @app.command()

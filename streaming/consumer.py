@@ -1,5 +1,9 @@
 """The stream consumer: events off the bus, validated, landed, and applied to the online features.
 
+Transactions and fraud reports are landed and feed the online features;
+serving's prediction log (`PREDICTIONS`) is landed only, for monitoring: an
+answer is not an event the features may count.
+
 Each micro-batch goes through the same steps, in an order chosen so that a
 process killed at any instant loses nothing and duplicates nothing:
 
@@ -10,7 +14,8 @@ process killed at any instant loses nothing and duplicates nothing:
    position) sent to the dead-letter topic and flushed before anything else;
 3. land the good events in the lake's stream area, durably (fsync), skipping ids
    already landed: a redelivered event never lands twice;
-4. apply them to the online event buffers, idempotent by transaction id;
+4. apply them to the online event buffers, idempotent by transaction id
+   (transactions and fraud reports only);
 5. commit. A crash before this point means the whole batch comes again, and
    steps 2 to 4 make the second pass a no-op for what the first one finished.
 
@@ -43,6 +48,7 @@ from streaming.events import (
 )
 from streaming.landing import ConsumerStatus, StreamLanding
 from streaming.metrics import ConsumerMetrics
+from streaming.predictions import decode_prediction, predictions_to_frame
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +65,15 @@ class OnlineSink(Protocol):
 
 @dataclass(frozen=True)
 class EventKind:
-    """One kind of event: its topic, how it is decoded, where it lands and how it feeds the features."""
+    """One kind of event: its topic, how it is decoded, where it lands and how it feeds the features
+    (`apply_online` None: it does not)."""
 
     topic: Callable[[Topics], str]
     table: str
     time_column: str
     decode: Callable[[bytes, datetime, timedelta], Any]
     to_frame: Callable[[Sequence[Any]], pd.DataFrame]
-    apply_online: Callable[[OnlineSink, pd.DataFrame], None]
+    apply_online: Callable[[OnlineSink, pd.DataFrame], None] | None
 
 
 TRANSACTIONS = EventKind(
@@ -85,7 +92,18 @@ FRAUD_REPORTS = EventKind(
     to_frame=reports_to_frame,
     apply_online=lambda online, frame: online.add_reports(frame),
 )
+PREDICTIONS = EventKind(
+    topic=lambda topics: topics.predictions,
+    table="predictions",
+    time_column="TX_DATETIME",
+    decode=decode_prediction,
+    to_frame=predictions_to_frame,
+    apply_online=None,
+)
 EVENT_KINDS = (TRANSACTIONS, FRAUD_REPORTS)
+"""The kinds the online features are made of."""
+LANDED_KINDS = (*EVENT_KINDS, PREDICTIONS)
+"""Everything `python -m streaming consume` lands by default."""
 
 
 @dataclass(frozen=True)
@@ -214,16 +232,20 @@ class TopicConsumer:
         frame = self.kind.to_frame(good)
         times = frame[self.kind.time_column]
         to_land = frame if self.settings.land_window is None else frame[self.settings.land_window.mask(times)]
-        to_apply = (
-            frame if self.settings.online_window is None else frame[self.settings.online_window.mask(times)]
-        )
+        apply_online = self.kind.apply_online
+        if apply_online is None:
+            to_apply = frame.iloc[:0]
+        elif self.settings.online_window is None:
+            to_apply = frame
+        else:
+            to_apply = frame[self.settings.online_window.mask(times)]
         if len(to_land):
             landed = self.landing.land(self.kind.table, to_land)
             batch.landed, batch.duplicates = landed.landed, landed.duplicates
             batch.watermark = landed.max_event_time
         batch.skipped = len(frame) - len(to_land.index.union(to_apply.index))
-        if len(to_apply):
-            self.kind.apply_online(self.online, to_apply)
+        if apply_online is not None and len(to_apply):
+            apply_online(self.online, to_apply)
             batch.applied = to_apply[self.kind.time_column].max().to_pydatetime()
         try:
             self.consumer.commit(messages)
@@ -284,7 +306,8 @@ class StreamConsumer:
         online: the online event buffers.
         settings: see `ConsumerSettings`.
         metrics: where counters go; a fresh registry by default.
-        kinds: the event kinds to consume (both by default).
+        kinds: the event kinds to consume: transactions and fraud reports by default
+            (`LANDED_KINDS` adds serving's predictions).
         clock: the consumer's notion of now, for the timestamp sanity check.
     """
 

@@ -5,7 +5,8 @@ number, timestamps as ISO 8601 text with an explicit offset. Decoding is a pure
 function of the payload and the consumer's clock, and it never raises on any
 bytes: a bad event becomes a :class:`Rejection` whose reason uses the words of
 the batch suites (``expectations/suites.py``) where the rule is the same, so a
-dead letter and a failed batch check read alike.
+dead letter and a failed batch check read alike. Serving's prediction records
+are read under the same rules, by :mod:`streaming.predictions`.
 
 Decisions a producer should know:
 
@@ -89,7 +90,7 @@ class Rejection:
 
 
 class _EventError(Exception):
-    """Carries a rejection reason out of the nested checks; never leaves this module."""
+    """Carries a rejection reason out of the nested checks; only the decoders (here, predictions) see it."""
 
 
 class _RuleError(Exception):

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from streaming.events import reports_to_frame, transactions_to_frame
+from streaming.predictions import predictions_to_frame
 
 
 class TableKeys(NamedTuple):
@@ -55,7 +56,11 @@ class TableKeys(NamedTuple):
 TABLES: dict[str, TableKeys] = {
     "transactions": TableKeys("TRANSACTION_ID", "TX_DATETIME", lambda: transactions_to_frame([])),
     "fraud_reports": TableKeys("TRANSACTION_ID", "REPORT_DATETIME", lambda: reports_to_frame([])),
+    "predictions": TableKeys("REQUEST_ID", "TX_DATETIME", lambda: predictions_to_frame([])),
 }
+EVENT_TABLES = ("transactions", "fraud_reports")
+"""The tables of the events that features, labels and training sets are made of: what ingestion lands.
+``predictions`` is serving's output, landed for monitoring only."""
 
 STATUS_DIR = "_status"
 STALE_TMP = timedelta(hours=1)

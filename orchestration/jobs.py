@@ -1,0 +1,42 @@
+"""The jobs: which assets run together, named once for the definitions and the sensors."""
+
+import dagster as dg
+
+from assets.partitions import daily_partitions
+
+RETRAINING_JOB = "retraining_job"
+TRAINING = dg.AssetSelection.groups("features", "training")
+
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=TRAINING,
+    description="Features, point-in-time training set, model, registration and promotion gate.",
+)
+
+retraining_job = dg.define_asset_job(
+    RETRAINING_JOB,
+    selection=TRAINING,
+    description=(
+        "The training job on a recent window, launched by the drift, performance and label-volume "
+        "sensors: the promotion gate decides whether serving swaps."
+    ),
+)
+
+ingestion_job = dg.define_asset_job(
+    "ingestion_job",
+    selection=dg.AssetSelection.groups("ingestion"),
+    description="Land a range of days of raw transactions and fraud reports, with their checks.",
+)
+
+monitoring_job = dg.define_asset_job(
+    "monitoring_job",
+    selection=dg.AssetSelection.groups("monitoring") - dg.AssetSelection.assets("serving_health"),
+    partitions_def=daily_partitions,
+    description="Prediction log, feature and prediction drift, live data quality and outcomes of days.",
+)
+
+serving_health_job = dg.define_asset_job(
+    "serving_health_job",
+    selection=dg.AssetSelection.assets("serving_health"),
+    description="Latency quantiles and error rates of the live scoring service.",
+)
