@@ -81,8 +81,14 @@ format: install ## apply ruff's formatting and fixes
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
+# The daemon test mostly waits on the daemon's 5 s loop: it runs beside the others, its output after theirs.
 test: lint typecheck ## lint, type-check, then every test (needs PostgreSQL and Redis for the prod test)
-	$(RUN) pytest
+	@mkdir -p test-artifacts
+	@$(RUN) pytest -m daemon -p no:cacheprovider --basetemp=test-artifacts/daemon-tmp \
+		> test-artifacts/pytest-daemon.log 2>&1 & daemon=$$!; \
+	$(RUN) pytest -m "not daemon"; others=$$?; \
+	wait $$daemon; status=$$?; cat test-artifacts/pytest-daemon.log; \
+	exit $$(( others || status ))
 
 test-integration: install ## only the tests against real PostgreSQL / Redis
 	$(RUN) pytest -m integration

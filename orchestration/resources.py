@@ -271,8 +271,8 @@ class MonitoringResource(dg.ConfigurableResource):
         ignored_features: never judged: `TX_DURING_WEEKEND` is a calendar fact,
             and a Saturday is not drift.
         min_rows: a day with fewer finite rows is "insufficient data".
-        drift_cooldown_days: after a drift-triggered retraining, drift on the
-            next days is the same episode, not a new trigger.
+        cooldown_days: after a drift- (or performance-) triggered retraining,
+            the same signal on the next days is the same episode, not a new trigger.
     Performance (over days whose labels are complete):
         performance_metric, performance_window_days: the champion's mean
             daily metric over the last days;
@@ -296,7 +296,7 @@ class MonitoringResource(dg.ConfigurableResource):
     min_drifted_features: int = 2
     ignored_features: list[str] = ["TX_DURING_WEEKEND"]
     min_rows: int = 200
-    drift_cooldown_days: int = 6
+    cooldown_days: int = 6
     performance_metric: str = "average_precision"
     performance_window_days: int = 3
     performance_floor: float = 0.4

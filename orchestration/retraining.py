@@ -11,13 +11,22 @@ metadata) or what ingestion landed, and asks for one `retraining_job` run:
 * `label_volume_sensor`: enough fraud reports landed after the label horizon
   of the last training set.
 
-Exactly once per trigger: every run key is a pure function of the trigger
-(`drift-<day>`, `performance-v<version>-<day>`, `labels-<horizon>`), and the
-daemon launches a run key once per sensor, so a tick repeated after a daemon
-restart (the cursor not yet saved) asks again for the same key and launches
-nothing. Cooldowns are read from the runs already launched (their
+Exactly once per trigger. The daemon saves a tick's run requests before it
+creates their runs and resumes an interrupted tick, which covers most crash
+points; what is left is a daemon killed after saving a tick but before saving
+the sensor's cursor: the next tick asks again. Every run key is a pure
+function of the trigger (`drift-<day>`, `performance-v<version>-<day>`,
+`labels-<horizon>`) and the daemon launches a key once per sensor, so asking
+again launches nothing; and `drift_sensor` moves its cursor only past the days
+it has decided on, so the days after a launch are judged on a later tick, not
+skipped (`tests/test_sensor_exactly_once.py` kills the daemon in that window).
+Cooldowns are read from the runs already launched (their
 `fraudpipe/trigger_day` tag), not from the cursor, so a lost cursor cannot
-shorten them. No sensor launches while a retraining run is unfinished.
+shorten them. No sensor launches while a retraining run is unfinished: the
+instance's run monitoring (`orchestration/instance/*/dagster.yaml`) fails a
+run that never started, so a crash cannot block retraining for good. A key is
+spent by its run even when the run fails: a failed retraining needs a person
+(or the next trigger), not a loop of retries.
 
 Days are days of event time, so a replay and live traffic follow one policy.
 The retraining window ends at the latest settled day (every fraud in it
@@ -108,12 +117,12 @@ def _days_between(first: str, last: str) -> int:
 
 
 def _materializations(
-    instance: dg.DagsterInstance, asset: str, cursor: str | None
+    instance: dg.DagsterInstance, asset: str, cursor: str | None, limit: int = 10_000
 ) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
     """(partition, metadata values) of the asset's materialisations after `cursor`, oldest first,
     and the cursor after them."""
     result = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)), limit=10_000, cursor=cursor, ascending=True
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)), limit=limit, cursor=cursor, ascending=True
     )
     found = []
     for record in result.records:
@@ -134,26 +143,33 @@ def _materializations(
 def drift_sensor(
     context: dg.SensorEvaluationContext, lake: LakeResource, monitoring: MonitoringResource
 ) -> dg.SensorResult | dg.SkipReason:
-    found, cursor = _materializations(context.instance, "feature_drift", context.cursor)
-    drifted = sorted((day, meta) for day, meta in found if meta.get("drift_detected") is True)
-    if not drifted:
-        return dg.SensorResult(skip_reason="no new drifted day", cursor=cursor)
-    blocked = _blocked(context)
-    if blocked:
-        return dg.SkipReason(blocked)  # the cursor stays: these days are looked at again
-    day, meta = drifted[0]
-    last = _last_trigger_day(context, "drift")
-    if last is not None and 0 <= _days_between(last, day) < monitoring.drift_cooldown_days:
+    """Walks the new `feature_drift` materialisations one at a time, in storage order, and stops at
+    the first that launches: the cursor never passes a drifted day it has not decided on, so a day
+    read in the same tick as a launch (a replay, days piling up behind a long run, a daemon killed
+    between saving the tick and the cursor) is judged on a later tick, not lost."""
+    cursor = context.cursor
+    while True:
+        found, after = _materializations(context.instance, "feature_drift", cursor, limit=1)
+        if after == cursor:
+            return dg.SensorResult(skip_reason="no new drifted day", cursor=cursor)
+        if not found or found[0][1].get("drift_detected") is not True:
+            cursor = after
+            continue
+        day, meta = found[0]
+        blocked = _blocked(context)
+        if blocked:
+            return dg.SensorResult(skip_reason=f"{blocked}; {day} waits", cursor=cursor)
+        last = _last_trigger_day(context, "drift")
+        if last is not None and 0 <= _days_between(last, day) < monitoring.cooldown_days:
+            context.log.info(f"drift on {day}: within {monitoring.cooldown_days} days of the one on {last}")
+            cursor = after
+            continue
+        features = json.dumps(meta.get("drifted_features", []))
+        reason = f"feature drift on {day}: {features} (max PSI {float(meta.get('max_psi', 0)):.3f})"
+        context.log.info(reason)
         return dg.SensorResult(
-            skip_reason=f"drift on {day}: within {monitoring.drift_cooldown_days} days of the one on {last}",
-            cursor=cursor,
+            run_requests=[_request("drift", day, reason, f"drift-{day}", lake, monitoring)], cursor=after
         )
-    features = json.dumps(meta.get("drifted_features", []))
-    reason = f"feature drift on {day}: {features} (max PSI {float(meta.get('max_psi', 0)):.3f})"
-    context.log.info(reason)
-    return dg.SensorResult(
-        run_requests=[_request("drift", day, reason, f"drift-{day}", lake, monitoring)], cursor=cursor
-    )
 
 
 def _champion_series(
@@ -205,7 +221,7 @@ def performance_sensor(
     if blocked:
         return dg.SkipReason(blocked)
     last = _last_trigger_day(context, "performance")
-    if last is not None and 0 <= _days_between(last, latest) < monitoring.drift_cooldown_days:
+    if last is not None and 0 <= _days_between(last, latest) < monitoring.cooldown_days:
         return dg.SkipReason(f"within the cooldown of the performance retraining of {last}")
     reason = (
         f"champion v{version} {metric} {mean:.3f} over {window[0]}..{latest} < {limit:.3f} "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -166,3 +168,14 @@ def stream_resource(
 
 
 BACKENDS = ["kafka", pytest.param("redis", marks=pytest.mark.integration)]
+
+
+def read_dead_letters(stream: StreamResource, expected: int) -> list[dict[str, Any]]:
+    """The dead-letter topic's records, once `expected` arrived (or after 20 s)."""
+    consumer = stream.bus().consumer(stream.topics().dead_letters, "inspect", "inspector")
+    records: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    while len(records) < expected and time.monotonic() < deadline:
+        records += [json.loads(m.value) for m in consumer.poll(100, 0.5)]
+    consumer.close()
+    return records

@@ -86,8 +86,8 @@ def test_drift_sensor_respects_the_cooldown_of_launched_runs(lake: LakeResource)
             )
         )
         _report(instance, "feature_drift", "2018-06-18", drift_detected=True, max_psi=0.4)
-        assert not _tick(drift_sensor, instance, lake, drift_cooldown_days=6).run_requests
-        assert _tick(drift_sensor, instance, lake, drift_cooldown_days=3).run_requests
+        assert not _tick(drift_sensor, instance, lake, cooldown_days=6).run_requests
+        assert _tick(drift_sensor, instance, lake, cooldown_days=3).run_requests
 
 
 def _outcome(instance: dg.DagsterInstance, day: str, value: float, complete: bool = True) -> None:
@@ -135,3 +135,23 @@ def test_monitoring_follows_each_landed_day_and_refreshes_the_label_window() -> 
     assert full == [("2018-06-20", None), ("2018-06-21", None)]
     assert outcome == [d.strftime("%Y-%m-%d") for d in pd.date_range("2018-06-12", "2018-06-19")]
     assert len({r.run_key for r in requests}) == len(requests)
+
+
+def test_drift_sensor_decides_each_drifted_day_before_moving_past_it(lake: LakeResource) -> None:
+    """Days that arrive together (a replay, a backlog, a daemon killed after a launch) each get their
+    turn: the cursor stops after the day launched, not after everything read."""
+    with dg.instance_for_test() as instance:
+        for day in ("2018-06-15", "2018-06-15", "2018-06-16", "2018-06-17"):  # one day twice: no crash
+            _report(instance, "feature_drift", day, drift_detected=True, max_psi=0.4)
+        cursor, launched = None, []
+        for _ in range(5):
+            context = dg.build_sensor_context(
+                instance=instance,
+                cursor=cursor,
+                resources={"lake": lake, "monitoring": MonitoringResource(cooldown_days=0)},
+            )
+            data = drift_sensor.evaluate_tick(context)
+            cursor = data.cursor
+            launched += [r.run_key for r in data.run_requests]
+        # The day reported twice asks twice for one run key: the daemon launches it once.
+        assert launched == ["drift-2018-06-15", "drift-2018-06-15", "drift-2018-06-16", "drift-2018-06-17"]

@@ -21,7 +21,7 @@ from streaming.events import MAX_EVENT_BYTES, encode_transaction, transactions_f
 from streaming.landing import LandResult, StreamLanding
 from streaming.resources import StreamResource
 from streaming.traffic import send_events
-from tests.conftest import BACKENDS, stream_resource
+from tests.conftest import BACKENDS, read_dead_letters, stream_resource
 
 GOOD = {
     "TRANSACTION_ID": 10_000_000,
@@ -68,16 +68,6 @@ def _landed(stream: StreamResource, table: str) -> pd.DataFrame:
     return pd.concat([landing.read_day(table, day) for day in landing.days(table)], ignore_index=True)
 
 
-def _dead_letters(stream: StreamResource, expected: int) -> list[dict[str, Any]]:
-    consumer = stream.bus().consumer(stream.topics().dead_letters, "inspect", "inspector")
-    records: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 20
-    while len(records) < expected and time.monotonic() < deadline:
-        records += [json.loads(m.value) for m in consumer.poll(100, 0.5)]
-    consumer.close()
-    return records
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_events_go_to_dead_letters_with_their_reason_and_good_ones_land(
     backend: str, tmp_path: Path, namespace: str, kafka_bootstrap: str, week: SimulatedData
@@ -110,7 +100,7 @@ def test_bad_events_go_to_dead_letters_with_their_reason_and_good_ones_land(
         events.sort_values("TRANSACTION_ID").reset_index(drop=True),
         check_exact=True,
     )
-    records = _dead_letters(stream, len(BAD_EVENTS))
+    records = read_dead_letters(stream, len(BAD_EVENTS))
     assert len(records) == len(BAD_EVENTS)
     for case, (_payload, reason) in BAD_EVENTS.items():
         matching = [r for r in records if reason in r["reason"]]

@@ -36,8 +36,7 @@ from streaming.events import Transaction as TransactionEvent
 from streaming.events import encode_transaction, transactions_to_frame
 from streaming.landing import ConsumerStatus, StreamLanding
 from streaming.predictions import Prediction, decode_prediction, predictions_to_frame
-from streaming.resources import StreamResource
-from tests.conftest import BACKENDS, stream_resource
+from tests.conftest import BACKENDS, read_dead_letters, stream_resource
 
 CEST = timezone(timedelta(hours=2))
 START = datetime(2018, 4, 2, 1, 30, tzinfo=CEST)
@@ -193,16 +192,6 @@ def bad_records(good: Mapping[str, Any]) -> dict[bytes, str]:
     payloads = {json.dumps(record).encode(): reason for record, reason in cases}
     payloads[b'{"request_id": "abc",'] = "malformed JSON"
     return payloads
-
-
-def read_dead_letters(stream: StreamResource, expected: int) -> list[dict[str, Any]]:
-    consumer = stream.bus().consumer(stream.topics().dead_letters, "inspect", "inspector")
-    records: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 20
-    while len(records) < expected and time.monotonic() < deadline:
-        records += [json.loads(m.value) for m in consumer.poll(100, 0.5)]
-    consumer.close()
-    return records
 
 
 def landed(landing: StreamLanding, table: str) -> pd.DataFrame:
