@@ -160,8 +160,9 @@ def drift_sensor(
         if blocked:
             return dg.SensorResult(skip_reason=f"{blocked}; {day} waits", cursor=cursor)
         last = _last_trigger_day(context, "drift")
-        if last is not None and 0 <= _days_between(last, day) < monitoring.cooldown_days:
-            context.log.info(f"drift on {day}: within {monitoring.cooldown_days} days of the one on {last}")
+        if last is not None and _days_between(last, day) < monitoring.cooldown_days:
+            # Within the cooldown, or older than the episode already retrained for (a replay, a backfill).
+            context.log.info(f"drift on {day}: not {monitoring.cooldown_days} days after the one on {last}")
             cursor = after
             continue
         features = json.dumps(meta.get("drifted_features", []))
@@ -221,7 +222,7 @@ def performance_sensor(
     if blocked:
         return dg.SkipReason(blocked)
     last = _last_trigger_day(context, "performance")
-    if last is not None and 0 <= _days_between(last, latest) < monitoring.cooldown_days:
+    if last is not None and _days_between(last, latest) < monitoring.cooldown_days:
         return dg.SkipReason(f"within the cooldown of the performance retraining of {last}")
     reason = (
         f"champion v{version} {metric} {mean:.3f} over {window[0]}..{latest} < {limit:.3f} "

@@ -90,6 +90,23 @@ def test_drift_sensor_respects_the_cooldown_of_launched_runs(lake: LakeResource)
         assert _tick(drift_sensor, instance, lake, cooldown_days=3).run_requests
 
 
+def test_drift_older_than_the_last_retrained_episode_is_not_a_trigger(lake: LakeResource) -> None:
+    """A replay or backfill of old days must not retrain for drift already retrained for."""
+    with dg.instance_for_test() as instance:
+        instance.add_run(
+            dg.DagsterRun(
+                job_name="retraining_job",
+                run_id="r1",
+                tags={TRIGGER_TAG: "drift", TRIGGER_DAY_TAG: "2018-06-15"},
+                status=dg.DagsterRunStatus.SUCCESS,
+            )
+        )
+        _report(instance, "feature_drift", "2018-06-10", drift_detected=True, max_psi=0.4)
+        assert not _tick(drift_sensor, instance, lake, cooldown_days=0).run_requests
+        _report(instance, "feature_drift", "2018-06-16", drift_detected=True, max_psi=0.4)
+        assert _tick(drift_sensor, instance, lake, cooldown_days=0).run_requests
+
+
 def _outcome(instance: dg.DagsterInstance, day: str, value: float, complete: bool = True) -> None:
     _report(
         instance,
