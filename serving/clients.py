@@ -63,6 +63,7 @@ class InProcessScorer:
         self.config = config
         self.service.configure(config)
         self._log = log
+        self._expected = 0
 
     def score(self, transactions: pd.DataFrame) -> int:
         scored = 0
@@ -71,11 +72,14 @@ class InProcessScorer:
         return scored
 
     def _logged(self) -> float:
-        counter = self.metrics.prediction_log
-        return sum(counter.labels(outcome)._value.get() for outcome in ("sent", "dropped"))
+        sample = self.metrics.registry.get_sample_value
+        return sum(
+            sample("fraudpipe_serve_prediction_log_total", {"outcome": outcome}) or 0.0
+            for outcome in ("sent", "dropped")
+        )
 
     def wait_logged(self, expected: int, timeout_s: float) -> None:
-        self._expected = getattr(self, "_expected", 0) + expected
+        self._expected += expected
         _wait(
             lambda: self._logged() >= self._expected, timeout_s, f"{self._expected} prediction records sent"
         )
