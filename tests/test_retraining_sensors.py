@@ -77,14 +77,7 @@ def test_drift_sensor_fires_once_for_the_first_drifted_day(lake: LakeResource) -
 
 def test_drift_sensor_respects_the_cooldown_of_launched_runs(lake: LakeResource) -> None:
     with dg.instance_for_test() as instance:
-        instance.add_run(
-            dg.DagsterRun(
-                job_name="retraining_job",
-                run_id="r1",
-                tags={TRIGGER_TAG: "drift", TRIGGER_DAY_TAG: "2018-06-15"},
-                status=dg.DagsterRunStatus.SUCCESS,
-            )
-        )
+        _retrained_for_drift_on(instance, "2018-06-15")
         _report(instance, "feature_drift", "2018-06-18", drift_detected=True, max_psi=0.4)
         assert not _tick(drift_sensor, instance, lake, cooldown_days=6).run_requests
         assert _tick(drift_sensor, instance, lake, cooldown_days=3).run_requests
@@ -93,18 +86,23 @@ def test_drift_sensor_respects_the_cooldown_of_launched_runs(lake: LakeResource)
 def test_drift_older_than_the_last_retrained_episode_is_not_a_trigger(lake: LakeResource) -> None:
     """A replay or backfill of old days must not retrain for drift already retrained for."""
     with dg.instance_for_test() as instance:
-        instance.add_run(
-            dg.DagsterRun(
-                job_name="retraining_job",
-                run_id="r1",
-                tags={TRIGGER_TAG: "drift", TRIGGER_DAY_TAG: "2018-06-15"},
-                status=dg.DagsterRunStatus.SUCCESS,
-            )
-        )
+        _retrained_for_drift_on(instance, "2018-06-15")
         _report(instance, "feature_drift", "2018-06-10", drift_detected=True, max_psi=0.4)
         assert not _tick(drift_sensor, instance, lake, cooldown_days=0).run_requests
         _report(instance, "feature_drift", "2018-06-16", drift_detected=True, max_psi=0.4)
         assert _tick(drift_sensor, instance, lake, cooldown_days=0).run_requests
+
+
+def _retrained_for_drift_on(instance: dg.DagsterInstance, day: str) -> None:
+    """A finished retraining run that the drift of `day` launched."""
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="retraining_job",
+            run_id="r1",
+            tags={TRIGGER_TAG: "drift", TRIGGER_DAY_TAG: day},
+            status=dg.DagsterRunStatus.SUCCESS,
+        )
+    )
 
 
 def _outcome(instance: dg.DagsterInstance, day: str, value: float, complete: bool = True) -> None:
