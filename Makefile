@@ -6,6 +6,8 @@ export
 PROFILE ?= $(or $(FRAUDPIPE_PROFILE),local)
 export FRAUDPIPE_PROFILE := $(PROFILE)
 export DAGSTER_HOME := $(CURDIR)/.dagster_home/$(PROFILE)
+# The cluster profile keeps its Dagster instance in PostgreSQL, as prod does.
+INSTANCE := $(if $(filter cluster,$(PROFILE)),prod,$(PROFILE))
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 UV ?= uv
 RUN := $(UV) run --frozen
@@ -15,7 +17,7 @@ DEV_PORT ?= 3000
 .DEFAULT_GOAL := help
 .PHONY: help install demo dev mlflow test test-integration lint typecheck format rollback \
 	simulate bench bench-serve bench-monitoring prod-init clean consume produce replay push broker serve \
-	monitor-export
+	monitor-export k8s-manifests
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -24,7 +26,7 @@ install: ## create .venv from uv.lock (installs uv with pip if missing)
 	@command -v $(UV) >/dev/null || python3 -m pip install --quiet uv
 	$(UV) sync --frozen
 
-$(DAGSTER_HOME)/dagster.yaml: orchestration/instance/$(PROFILE)/dagster.yaml
+$(DAGSTER_HOME)/dagster.yaml: orchestration/instance/$(INSTANCE)/dagster.yaml
 	@mkdir -p $(DAGSTER_HOME) && cp $< $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml ## the whole loop: train, serve, live traffic, drift, retrain, swap (~10 min)
@@ -33,7 +35,7 @@ demo: install $(DAGSTER_HOME)/dagster.yaml ## the whole loop: train, serve, live
 dev: install $(DAGSTER_HOME)/dagster.yaml ## Dagster UI on http://127.0.0.1:3000 (workspace.yaml)
 	$(RUN) dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
 
-MLFLOW_STORE = $(if $(filter prod,$(PROFILE)),$(FRAUDPIPE_MLFLOW_PG_URL),sqlite:///$(CURDIR)/data/mlflow/mlflow.db)
+MLFLOW_STORE = $(if $(filter prod cluster,$(PROFILE)),$(FRAUDPIPE_MLFLOW_PG_URL),sqlite:///$(CURDIR)/data/mlflow/mlflow.db)
 
 mlflow: install ## MLflow UI on http://127.0.0.1:5000 over the profile's tracking store
 	$(RUN) mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$(MLFLOW_STORE)"
@@ -64,8 +66,11 @@ push: install ## HTTP push endpoint on http://127.0.0.1:8090 appending to the bu
 monitor-export: install ## Prometheus exporter of the monitoring results on http://127.0.0.1:9465/metrics
 	$(RUN) python -m monitoring export --metrics-path $(or $(FRAUDPIPE_DATA_DIR),data)/lake/monitoring_metrics.parquet --port 9465
 
-serve: install ## Ray Serve on http://127.0.0.1:8000 (POST /v1/score, /docs), following the champion alias
+serve: install ## Ray Serve on http://127.0.0.1:8000 (POST /v1/score, /docs), following the champion alias (PROFILE=cluster: on the Ray cluster at FRAUDPIPE_RAY_ADDRESS)
 	$(RUN) python -m serving run
+
+k8s-manifests: install ## render the Kubernetes manifests of infra/k8s from the Serve and Dagster configs
+	$(RUN) python -m infra.k8s_manifests --out infra/k8s
 
 prod-init: install ## create the prod databases (PROFILE=prod, variables of .env.prod.example)
 	$(RUN) python -m orchestration prod-init

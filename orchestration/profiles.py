@@ -1,8 +1,10 @@
 """The one place that decides which environment the pipeline runs against.
 
 `FRAUDPIPE_PROFILE` picks `local` (default: files and SQLite, nothing to
-install) or `prod` (PostgreSQL and Redis). Everything else is configured
-through the Dagster resources this module builds, never read ad hoc.
+install), `prod` (PostgreSQL and Redis) or `cluster` (the prod stores, with
+serving and Feast's point-in-time joins on a Ray cluster reached by address).
+Everything else is configured through the Dagster resources this module
+builds, never read ad hoc.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from orchestration.resources import (
     LakeResource,
     MLflowResource,
     MonitoringResource,
+    RayResource,
 )
 from streaming.resources import LOCAL_BROKER_SCHEME, StreamResource
 
-ProfileName = Literal["local", "prod"]
-PROFILES: tuple[ProfileName, ...] = ("local", "prod")
+ProfileName = Literal["local", "prod", "cluster"]
+PROFILES: tuple[ProfileName, ...] = ("local", "prod", "cluster")
 SOURCES = ("files", "stream")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
@@ -43,7 +46,7 @@ def build_resources(
     """The resources of a profile.
 
     Args:
-        profile: `local` or `prod`.
+        profile: `local`, `prod` or `cluster`.
         data_dir: where the lake, the simulator's source data and local stores
             live; FRAUDPIPE_DATA_DIR or `data/` by default.
         source: where ingestion reads raw events: `files` (the simulator's
@@ -77,7 +80,7 @@ def build_resources(
                 artifact_root=str(data / "mlflow" / "artifacts"),
             ),
         }
-    return {
+    servers = {
         **common,
         "stream": StreamResource(
             bus_url=dg.EnvVar("FRAUDPIPE_BUS_URL"),
@@ -95,6 +98,20 @@ def build_resources(
         "mlflow": MLflowResource(
             tracking_uri=dg.EnvVar("FRAUDPIPE_MLFLOW_PG_URL"),
             artifact_root=str(data / "mlflow" / "artifacts"),
+        ),
+    }
+    if profile == "prod":
+        return servers
+    return {
+        **servers,
+        "ray": RayResource(address=dg.EnvVar("FRAUDPIPE_RAY_ADDRESS")),
+        "feast": FeastResource(
+            profile="cluster",
+            data_dir=str(data),
+            registry_url=dg.EnvVar("FRAUDPIPE_FEAST_PG_URL"),
+            redis_connection=dg.EnvVar("FRAUDPIPE_REDIS"),
+            ray_address=dg.EnvVar("FRAUDPIPE_RAY_ADDRESS"),
+            project=project,
         ),
     }
 

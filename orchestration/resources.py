@@ -199,6 +199,7 @@ class FeastResource(dg.ConfigurableResource):
     project: str = "fraudpipe"
     registry_url: str = ""
     redis_connection: str = ""
+    ray_address: str = ""
 
     def yaml_path(self) -> Path:
         return FEATURE_REPO / "profiles" / self.profile / "feature_store.yaml"
@@ -211,6 +212,7 @@ class FeastResource(dg.ConfigurableResource):
             DATA_DIR=self.data_dir,
             FEAST_REGISTRY_URL=self.registry_url,
             REDIS_CONNECTION=self.redis_connection,
+            RAY_ADDRESS=self.ray_address,
         )
         config = RepoConfig(**yaml.safe_load(text))
         config.repo_path = FEATURE_REPO
@@ -221,6 +223,16 @@ class FeastResource(dg.ConfigurableResource):
 
         (Path(self.data_dir) / "feast").mkdir(parents=True, exist_ok=True)
         return FeatureStore(config=self.repo_config())
+
+
+class RayResource(dg.ConfigurableResource):
+    """The Ray cluster of the `cluster` profile, by the address of its head (`host:port`).
+
+    Drivers joining it need Ray's own token variables too (`RAY_AUTH_MODE=token`
+    and the cluster's `RAY_AUTH_TOKEN`): token authentication is never turned off.
+    """
+
+    address: str
 
 
 class MLflowResource(dg.ConfigurableResource):

@@ -1,4 +1,4 @@
-"""`python -m serving run`: Ray Serve on this machine, following the registry's champion."""
+"""`python -m serving run`: Ray Serve following the registry's champion, on this machine or a Ray cluster."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import ray
 import typer
 
 from orchestration.profiles import active_profile, build_resources
-from serving.deploy import AliasWatcher, load_config, start_local
+from serving.deploy import AliasWatcher, load_config, start_local, start_on_cluster
 from serving.model import ModelStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -35,11 +35,17 @@ def run(
     ] = 5.0,
     num_cpus: Annotated[int | None, typer.Option(min=1, help="CPUs Ray may use; default: all.")] = None,
 ) -> None:
-    """Start Ray and Serve, deploy, then hot-swap models whenever the champion or challenger alias moves."""
+    """Start Serve, deploy, then hot-swap models whenever the champion or challenger alias moves.
+
+    The local and prod profiles start a Ray of their own on this machine; the
+    cluster profile joins the Ray cluster at FRAUDPIPE_RAY_ADDRESS instead, and
+    the application keeps serving there after this command stops.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     profile = active_profile()
     serve_config = load_config(profile, config)
-    models = ModelStore(build_resources(profile)["mlflow"].process_config_and_initialize())
+    resources = build_resources(profile)
+    models = ModelStore(resources["mlflow"].process_config_and_initialize())
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -47,7 +53,10 @@ def run(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    start_local(serve_config, num_cpus)
+    if profile == "cluster":
+        start_on_cluster(serve_config, resources["ray"].process_config_and_initialize().address)
+    else:
+        start_local(serve_config, num_cpus)
     try:
         watcher = AliasWatcher(serve_config, models.alias)
         watcher.sync()
@@ -62,7 +71,8 @@ def run(
             except Exception as exc:  # a registry or deploy hiccup must not stop serving
                 logger.warning("could not sync model versions, serving the previous ones: %s", exc)
     finally:
-        # Not serve.shutdown(): it drains for up to 30 s; this cluster is ours and goes with us.
+        # Not serve.shutdown(): it drains for up to 30 s. A local Ray is ours and goes with us;
+        # on a cluster this only disconnects, and Serve goes on serving the last applied versions.
         ray.shutdown()
 
 

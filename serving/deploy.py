@@ -94,6 +94,21 @@ def start_local(config: dict[str, Any], num_cpus: int | None = None) -> None:
     serve.start(http_options={"host": http.get("host", "127.0.0.1"), **http}, proxy_location="HeadOnly")
 
 
+def start_on_cluster(config: dict[str, Any], address: str) -> None:
+    """Join the Ray cluster at `address` and start Serve's proxies where the config says (cluster profile).
+
+    Serve outlives this driver: leaving (or crashing) stops the alias
+    watcher, never the replicas. The proxies default to every node, so any
+    node behind a load balancer answers.
+    """
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    http = config.get("http_options", {})
+    serve.start(
+        http_options={"host": http.get("host", "127.0.0.1"), **http},
+        proxy_location=config.get("proxy_location", "EveryNode"),
+    )
+
+
 def apply(config: dict[str, Any], timeout_s: float = 120) -> None:
     """Apply `config` to the Serve instance this process is connected to; returns once it runs it.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from orchestration.profiles import build_resources
 from orchestration.runner import run_pipeline
 from simulator import SimulatedData, SimulatorConfig, simulate, write_dataset
 from streaming.bus_kafka import mock_kafka_cluster
+from tests.ray_cluster import LocalRayCluster
 
 if TYPE_CHECKING:
     from streaming.resources import StreamResource
@@ -124,6 +126,24 @@ def kafka_bootstrap() -> Iterator[str]:
     """librdkafka's mock Kafka cluster, hosted by the test session; other processes may connect."""
     with mock_kafka_cluster() as servers:
         yield servers
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[LocalRayCluster]:
+    """A head and a worker raylet on this machine (tests/ray_cluster.py), shared by the test_ray_* modules.
+
+    Under /tmp: Ray's socket paths must stay short. Both nodes get 2 logical
+    CPUs and a custom resource naming them (`node_head`, `node_worker`), so a
+    test can tell where its work ran.
+    """
+    cluster = LocalRayCluster(Path(tempfile.mkdtemp(prefix="raycluster-", dir="/tmp")))
+    try:
+        cluster.start_head(num_cpus=2, resources={"node_head": 1})
+        cluster.add_worker("worker", num_cpus=2, resources={"node_worker": 1})
+        yield cluster
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(cluster.root, ignore_errors=True)
 
 
 @pytest.fixture

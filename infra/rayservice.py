@@ -1,0 +1,154 @@
+"""The KubeRay `RayService`: the cluster profile's Serve config on an autoscaling Ray cluster.
+
+`serveConfigV2` is serving/config/cluster.yaml itself, changed in two places
+only: the proxy binds 0.0.0.0 (inside a pod the Kubernetes Service is the
+boundary, and KubeRay's serve Service reaches the proxy on the pod IP), and the
+application's runtime environment names the profile and the shared data
+directory, as `make serve` does for a local Ray. Serve scales replicas on
+requests in flight (`autoscaling_config`); the in-tree Ray autoscaler adds and
+removes worker pods to fit them.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra.cluster import (
+    PROFILE,
+    PROJECT_ROOT,
+    ClusterSettings,
+    WorkerGroup,
+    container_security,
+    pod_security,
+)
+
+SERVE_CONFIG = PROJECT_ROOT / "serving" / "config" / "cluster.yaml"
+RAY_UID = 1000  # the `ray` user of the rayproject/ray images
+RAY_GID = 100  # its group, `users`
+NAME = "fraudpipe"
+
+
+def serve_config(settings: ClusterSettings, path: Path = SERVE_CONFIG) -> dict[str, Any]:
+    """The Serve config as the cluster runs it: the file's, with the pod's bind address and env."""
+    config = copy.deepcopy(yaml.safe_load(path.read_text()))
+    config.setdefault("http_options", {})["host"] = "0.0.0.0"
+    for app in config["applications"]:
+        env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
+        env["FRAUDPIPE_PROFILE"] = PROFILE
+        env["FRAUDPIPE_DATA_DIR"] = settings.data_dir
+    return config
+
+
+def driver_env(settings: ClusterSettings) -> list[dict[str, Any]]:
+    """What a pod needs to join the RayService's cluster as a driver (the `cluster` profile's RayResource).
+
+    KubeRay's head Service of a RayService follows the active cluster across upgrades.
+    """
+    return [
+        {"name": "FRAUDPIPE_RAY_ADDRESS", "value": f"{NAME}-head-svc:6379"},
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        {
+            "name": "RAY_AUTH_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": settings.ray_token_secret, "key": "auth_token"}},
+        },
+    ]
+
+
+def render(settings: ClusterSettings, path: Path = SERVE_CONFIG) -> dict[str, Any]:
+    config = serve_config(settings, path)
+    serve_port = int(config["http_options"].get("port", 8000))
+    head_ports = [
+        {"name": "gcs-server", "containerPort": 6379},
+        {"name": "dashboard", "containerPort": 8265},
+        {"name": "client", "containerPort": 10001},
+        {"name": "serve", "containerPort": serve_port},
+    ]
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {
+            "name": NAME,
+            "namespace": settings.namespace,
+            "labels": settings.component_labels("serving"),
+        },
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(config, sort_keys=False),
+            "rayClusterConfig": {
+                "rayVersion": settings.ray_version,
+                # KubeRay sets RAY_AUTH_MODE / RAY_AUTH_TOKEN in every Ray container from this Secret
+                # and uses the token for its own dashboard calls (secretName: KubeRay >= 1.6). A Secret
+                # of our own, not one generated per RayCluster, so the Dagster pods can present it too.
+                "authOptions": {"mode": "token", "secretName": settings.ray_token_secret},
+                "enableInTreeAutoscaling": True,
+                "autoscalerOptions": {
+                    "upscalingMode": "Default",
+                    "idleTimeoutSeconds": settings.ray_idle_timeout_s,
+                    "resources": settings.ray_autoscaler.resources(),
+                    "securityContext": {**container_security(), "runAsNonRoot": True, "runAsUser": RAY_UID},
+                },
+                "headGroupSpec": {
+                    # No replica on the head: it runs the GCS, the Serve controller and a proxy,
+                    # and an overloaded head stalls the whole cluster. KubeRay's operator deploys
+                    # the Serve config through the dashboard, so it listens on the pod IP.
+                    "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                    "template": _pod(settings, "ray-head", settings.ray_head.resources(), head_ports),
+                },
+                "workerGroupSpecs": [_worker_group(settings, group) for group in settings.ray_workers],
+            },
+        },
+    }
+
+
+def _worker_group(settings: ClusterSettings, group: WorkerGroup) -> dict[str, Any]:
+    template = _pod(settings, "ray-worker", group.size.resources(), [])
+    spec: dict[str, Any] = {
+        "groupName": group.name,
+        "replicas": group.min_replicas,
+        "minReplicas": group.min_replicas,
+        "maxReplicas": group.max_replicas,
+        "rayStartParams": {},
+        "template": template,
+    }
+    if group.size.gpus:
+        spec["rayStartParams"] = {"num-gpus": str(group.size.gpus)}
+        # GPU nodes are usually tainted so that only pods asking for a GPU land there.
+        template["spec"]["tolerations"] = [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    return spec
+
+
+def _pod(
+    settings: ClusterSettings, container: str, resources: dict[str, Any], ports: list[dict[str, Any]]
+) -> dict[str, Any]:
+    main: dict[str, Any] = {
+        "name": container,
+        "image": settings.ray_image,
+        "imagePullPolicy": "IfNotPresent",
+        # The FRAUDPIPE_* URLs: Ray's worker processes, hence the replicas, inherit the container's env.
+        "envFrom": [{"secretRef": {"name": settings.env_secret}}],
+        "resources": resources,
+        "securityContext": container_security(),
+        "volumeMounts": [
+            {"name": "data", "mountPath": settings.data_dir},
+            {"name": "shared-mem", "mountPath": "/dev/shm"},
+        ],
+    }
+    if ports:
+        main["ports"] = ports
+    return {
+        "metadata": {"labels": settings.component_labels("serving")},
+        "spec": {
+            "securityContext": pod_security(RAY_UID, RAY_GID),
+            "containers": [main],
+            "volumes": [
+                {"name": "data", "persistentVolumeClaim": {"claimName": settings.data_claim}},
+                # Ray's object store lives in /dev/shm, which a container limits to 64 MiB otherwise.
+                {"name": "shared-mem", "emptyDir": {"medium": "Memory"}},
+            ],
+        },
+    }
