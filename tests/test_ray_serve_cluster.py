@@ -123,6 +123,9 @@ def served(served_data: ServedData, kafka_bootstrap: str, ray_cluster: LocalRayC
         finally:
             serve.shutdown()
             ray.shutdown()
+            # The last module of the session to use the cluster (test_ray_feast sorts before
+            # this one), and its worker is gone: the rest of the suite runs without it.
+            ray_cluster.shutdown()
 
 
 def _load(url: str, bodies: list[dict[str, Any]], stop: threading.Event, load: Load) -> None:
