@@ -16,8 +16,8 @@ DEV_PORT ?= 3000
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo dev mlflow test test-integration lint typecheck format rollback \
-	simulate bench bench-serve bench-monitoring prod-init clean consume produce replay push broker serve \
-	monitor-export k8s-manifests
+	simulate bench bench-serve bench-monitoring bench-capacity prod-init clean consume produce replay push \
+	broker serve monitor-export k8s-manifests
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -98,13 +98,17 @@ test: lint typecheck ## lint, type-check, then every test (needs PostgreSQL and 
 test-integration: install ## only the tests against real PostgreSQL / Redis
 	$(RUN) pytest -m integration
 
-bench: install ## benchmarks: training-set build, model quality, drift of 1 M rows
+bench: install ## benchmarks: training-set build, model quality, drift of 1 M rows, capacity (needs Redis)
 	$(RUN) python -m bench.training_set
 	$(RUN) python -m bench.model_quality
 	$(RUN) python -m bench.monitoring
+	$(RUN) python -m bench.capacity
 
 bench-monitoring: install ## drift of 1 M rows x 15 features: our PSI + KS vs Evidently's DataDriftPreset
 	$(RUN) python -m bench.monitoring
+
+bench-capacity: install ## capacity numbers for docs/scaling.md: consumer events/s per partition, Redis bytes per entity
+	$(RUN) python -m bench.capacity
 
 bench-serve: install ## serving benchmark: our Ray Serve app vs naive Ray Serve + Feast and uvicorn (~8 min)
 	$(RUN) python -m bench.serve

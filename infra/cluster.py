@@ -142,6 +142,13 @@ class ClusterSettings:
     def ray_image(self) -> str:
         return f"{self.registry}/fraudpipe-ray:{self.project_version}-ray{self.ray_version}"
 
+    def redis_maxmemory(self) -> str:
+        """Half of Redis's memory limit, in MiB: the other half is for the fork of an AOF rewrite."""
+        limit = self.redis.limit_memory or self.redis.memory
+        if not limit.endswith("Gi"):
+            raise ValueError(f"Redis memory limit {limit!r}: give it in Gi")
+        return f"{int(float(limit.removesuffix('Gi')) * 1024) // 2}mb"
+
     def component_labels(self, component: str) -> dict[str, str]:
         return {**self.labels, "app.kubernetes.io/component": component}
 

@@ -112,7 +112,18 @@ def redis(settings: ClusterSettings) -> list[dict[str, Any]]:
         "name": "redis",
         "image": settings.redis_image,
         # Append-only file: the online event buffers and the Redis Streams bus survive a restart.
-        "args": ["--appendonly", "yes", "--requirepass", "$(REDIS_PASSWORD)"],
+        # maxmemory at half the limit leaves room for the fork of an AOF rewrite; noeviction
+        # because an evicted buffer would read as a card with no history (docs/scaling.md).
+        "args": [
+            "--appendonly",
+            "yes",
+            "--maxmemory",
+            settings.redis_maxmemory(),
+            "--maxmemory-policy",
+            "noeviction",
+            "--requirepass",
+            "$(REDIS_PASSWORD)",
+        ],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
         "env": [
             {
