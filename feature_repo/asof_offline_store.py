@@ -65,31 +65,23 @@ def _source_sql(view: FeatureView, repo_path: str) -> str:
     )
 
 
-class AsofRetrievalJob(RetrievalJob):
-    """Runs the ASOF query on an in-process DuckDB when the frame is asked for."""
+class ComputedRetrievalJob(RetrievalJob):
+    """A retrieval whose rows are computed in this process when asked for; subclasses say how.
+
+    What Feast asks of every retrieval beyond the rows (on-demand views,
+    metadata, saving the dataset) is the same for our stores, so it is here once.
+    """
 
     def __init__(
         self,
-        query: str,
-        entity_df: pd.DataFrame,
         on_demand_feature_views: list[OnDemandFeatureView],
         full_feature_names: bool,
         metadata: RetrievalMetadata,
     ) -> None:
         super().__init__()
-        self._query = query
-        self._entity_df = entity_df
         self._odfvs = on_demand_feature_views
         self._full_feature_names = full_feature_names
         self._metadata = metadata
-
-    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        con = duckdb.connect()
-        try:
-            con.register("entity_df", self._entity_df)
-            return con.execute(self._query).to_arrow_table()
-        finally:
-            con.close()
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout).to_pandas()
@@ -110,11 +102,35 @@ class AsofRetrievalJob(RetrievalJob):
         self, storage: SavedDatasetStorage, allow_overwrite: bool = False, timeout: int | None = None
     ) -> None:
         if not isinstance(storage, SavedDatasetFileStorage):
-            raise TypeError("the ASOF store saves datasets to parquet files only")
+            raise TypeError(f"{type(self).__name__} saves datasets to parquet files only")
         path = storage.file_options.uri
         if not allow_overwrite and Path(path).exists():
             raise FileExistsError(path)
         pq.write_table(self.to_arrow(), path)
+
+
+class AsofRetrievalJob(ComputedRetrievalJob):
+    """Runs the ASOF query on an in-process DuckDB when the frame is asked for."""
+
+    def __init__(
+        self,
+        query: str,
+        entity_df: pd.DataFrame,
+        on_demand_feature_views: list[OnDemandFeatureView],
+        full_feature_names: bool,
+        metadata: RetrievalMetadata,
+    ) -> None:
+        super().__init__(on_demand_feature_views, full_feature_names, metadata)
+        self._query = query
+        self._entity_df = entity_df
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        con = duckdb.connect()
+        try:
+            con.register("entity_df", self._entity_df)
+            return con.execute(self._query).to_arrow_table()
+        finally:
+            con.close()
 
 
 class AsofDuckDBOfflineStore(DuckDBOfflineStore):

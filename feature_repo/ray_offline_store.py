@@ -30,24 +30,22 @@ Select it in feature_store.yaml with
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores.contrib.ray_offline_store.ray import RayOfflineStore, RayOfflineStoreConfig
-from feast.infra.offline_stores.file_source import FileSource, SavedDatasetFileStorage
+from feast.infra.offline_stores.file_source import FileSource
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
 from feast.infra.offline_stores.offline_utils import infer_event_timestamp_from_entity_df
 from feast.infra.ray_initializer import ensure_ray_initialized
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
-from feast.saved_dataset import SavedDatasetStorage
 from feast.types import Int32, Int64
 
+from feature_repo.asof_offline_store import ComputedRetrievalJob
 from feature_repo.ray_asof_join import ViewJoin, asof_join
 
 
@@ -57,7 +55,7 @@ class RayAsofOfflineStoreConfig(RayOfflineStoreConfig):
     )
 
 
-class RayAsofRetrievalJob(RetrievalJob):
+class RayAsofRetrievalJob(ComputedRetrievalJob):
     """The join's Ray tasks, submitted when the rows are asked for."""
 
     def __init__(
@@ -69,41 +67,13 @@ class RayAsofRetrievalJob(RetrievalJob):
         full_feature_names: bool,
         metadata: RetrievalMetadata,
     ) -> None:
-        super().__init__()
+        super().__init__(on_demand_feature_views, full_feature_names, metadata)
         self._entity_df = entity_df
         self._timestamp = timestamp
         self._views = views
-        self._odfvs = on_demand_feature_views
-        self._full_feature_names = full_feature_names
-        self._metadata = metadata
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
         return asof_join(self._entity_df, self._timestamp, self._views, timeout)
-
-    def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
-        return self._to_arrow_internal(timeout).to_pandas()
-
-    @property
-    def full_feature_names(self) -> bool:
-        return self._full_feature_names
-
-    @property
-    def on_demand_feature_views(self) -> list[OnDemandFeatureView]:
-        return self._odfvs
-
-    @property
-    def metadata(self) -> RetrievalMetadata | None:
-        return self._metadata
-
-    def persist(
-        self, storage: SavedDatasetStorage, allow_overwrite: bool = False, timeout: int | None = None
-    ) -> None:
-        if not isinstance(storage, SavedDatasetFileStorage):
-            raise TypeError("the Ray ASOF store saves datasets to parquet files only")
-        path = storage.file_options.uri
-        if not allow_overwrite and Path(path).exists():
-            raise FileExistsError(path)
-        pq.write_table(self.to_arrow(), path)
 
 
 def _view_join(config: RepoConfig, view: FeatureView, names: list[str], full_feature_names: bool) -> ViewJoin:
