@@ -2,11 +2,14 @@
 
 Every feature is a sum over an entity's events in a half-open time window
 (lo, hi]. Sorted by (entity, time), each window is a slice found by two binary
-searches, summed in one vectorised pass, so a full point-in-time feature table
-costs O((events + queries) log events + window sizes) with no per-row Python,
-and a single serving request costs microseconds of numpy. Times and entities
-are dense-ranked first so the composite (entity, time) key is an exact int64 at
-nanosecond resolution whatever the id range.
+searches and summed as the difference of two exact running totals, so a full
+point-in-time feature table costs O((events + queries) log events) in any
+query order and whatever a window holds, with no per-row Python, and a single
+serving request costs microseconds of numpy. Sums are exact, rounded once: a
+window's value depends on its events alone, not on their order or on how a
+store splits them. Times and entities are dense-ranked first so the composite
+(entity, time) key is an exact int64 at nanosecond resolution whatever the id
+range.
 """
 
 from __future__ import annotations
@@ -74,6 +77,90 @@ def reported_labels(
     return events[schema.event_id].isin(reported[schema.event_id]).to_numpy(np.int8)
 
 
+LIMB_BITS = 32
+"""Bits per fixed-point digit of an exact sum: a window of up to 2**31 events cannot overflow a digit."""
+
+
+def _fixed_point_digits(column: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each value's exact base-2**32 digits on an absolute grid, as signed int64 (one column a digit).
+
+    Digit k of a value is worth 2**(32 * (lowest + k)); `lowest` is the
+    finest grid step any value's last mantissa bit needs, so the digits hold
+    every bit of every value. `fmod` by a power of two and scaling by one are
+    exact in IEEE arithmetic, so no bit is rounded away.
+
+    Returns:
+        The digits (values x digits) and `lowest`.
+    """
+    if not np.isfinite(column).all():
+        raise ValueError("window features sum finite values only; got NaN or infinity")
+    magnitude = np.abs(column)
+    nonzero = magnitude[magnitude > 0]
+    if not len(nonzero):
+        return np.zeros((len(column), 0), dtype=np.int64), 0
+    _, exponents = np.frexp(nonzero)  # nonzero < 2**exponent; its last bit is worth >= 2**(exponent - 53)
+    lowest = int(exponents.min() - 53) // LIMB_BITS
+    highest = -(-int(exponents.max()) // LIMB_BITS)
+    digits = np.empty((len(column), highest - lowest), dtype=np.int64)
+    for k in range(highest - lowest):
+        bit = (lowest + k) * LIMB_BITS
+        if bit + LIMB_BITS <= -1074:  # below the smallest subnormal: no double has bits here
+            digits[:, k] = 0
+            continue
+        # The value's bits below this digit's top; beyond float64's range, all of them.
+        below = magnitude if bit + LIMB_BITS > 1023 else np.fmod(magnitude, np.ldexp(1.0, bit + LIMB_BITS))
+        digits[:, k] = np.floor(np.ldexp(below, -bit))
+    digits[column < 0] *= -1
+    return digits, lowest
+
+
+def _canonical(digits: np.ndarray) -> np.ndarray:
+    """Carry each digit into the next so that all but the top lie in [0, 2**32)."""
+    digits = digits.copy()
+    for k in range(digits.shape[1] - 1):
+        carry = digits[:, k] >> LIMB_BITS
+        digits[:, k] -= carry << LIMB_BITS
+        digits[:, k + 1] += carry
+    return digits
+
+
+def _shift(values: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """values * 2**bits, rounded toward zero, for non-negative int64 values and per-row shifts."""
+    return np.where(bits >= 0, values << np.clip(bits, 0, 63), values >> np.clip(-bits, 0, 63))
+
+
+def _digits_to_float(digits: np.ndarray, lowest: int) -> np.ndarray:
+    """The float64 nearest each exact sum (ties to even): a function of the sum alone.
+
+    The magnitude's top 62 bits are gathered into one int64 with a sticky bit
+    for any 1 below them, so the int64 -> float64 cast, which rounds
+    correctly, rounds once as if from the exact value.
+    """
+    if digits.shape[1] == 0:
+        return np.zeros(len(digits))
+    zeros = np.zeros((len(digits), 2), dtype=np.int64)
+    # A zero digit on top takes the carries, so every digit ends below 2**32; two below give
+    # every row two digits under its top one.
+    digits = np.concatenate([zeros, digits, zeros[:, :1]], axis=1)
+    negative = _canonical(digits)[:, -1] < 0
+    digits = _canonical(np.where(negative[:, None], -digits, digits))
+    nonzero = digits != 0
+    rows = np.arange(len(digits))
+    top = np.maximum(digits.shape[1] - 1 - np.argmax(nonzero[:, ::-1], axis=1), 2)
+    d0, d1, d2 = digits[rows, top], digits[rows, top - 1], digits[rows, top - 2]
+    # X = d0 * 2**64 + d1 * 2**32 + d2 has 64 + width bits; X >> (width + 2) keeps the top 62.
+    width = np.frexp(d0.astype(np.float64))[1].astype(np.int64)
+    kept = (d0 << (62 - width)) | _shift(d1, 30 - width) | _shift(d2, -(width + 2))
+    dropped = (
+        (d1 & ((np.int64(1) << np.clip(width - 30, 0, 32)) - 1))
+        | (d2 & ((np.int64(1) << np.minimum(width + 2, 32)) - 1))
+        | (np.logical_or.accumulate(nonzero, axis=1)[rows, top - 3] & (top >= 3))
+    )
+    rounded = (kept | (dropped != 0)).astype(np.float64)
+    exponent = (top - 4 + lowest) * LIMB_BITS + width + 2
+    return np.where(negative, -1.0, 1.0) * np.ldexp(rounded, exponent)
+
+
 def _window_sums(
     event_keys: np.ndarray,
     event_times: np.ndarray,
@@ -87,9 +174,12 @@ def _window_sums(
     Events are sorted once by (entity code, time rank) where a time's rank is
     the number of distinct event times at or before it: then "event <= bound"
     is an integer comparison, the composite key cannot overflow, and every
-    window is a slice of the sorted events found by two binary searches. Sums
-    add each window's own values (`np.add.reduceat`), not differences of
-    running totals, so their rounding is that of the window alone.
+    window is a slice of the sorted events found by two binary searches. A
+    window's sum is the difference of two running totals of exact fixed-point
+    digits (int64, wrapping harmlessly: only differences are read), so it is
+    exact, costs O(1) whatever the window's size or the queries' order, and
+    rounds once at the end: a sum depends on the window's events alone, not
+    on how they are split (per day online, whole offline) or ordered.
 
     Returns:
         For each window (keyed as `window_los`), the counts and the sums.
@@ -102,10 +192,12 @@ def _window_sums(
     composite = ek * stride + np.searchsorted(distinct_times, event_times, side="right")
     order = np.argsort(composite, kind="stable")
     sorted_composite = composite[order]
-    # A trailing zero lets an empty window at the very end index a valid position.
-    sorted_values = {
-        name: np.append(column[order].astype(np.float64), 0.0) for name, column in values.items()
-    }
+    running: dict[str, tuple[np.ndarray, int]] = {}
+    for name, column in values.items():
+        digits, lowest = _fixed_point_digits(np.asarray(column, dtype=np.float64)[order])
+        totals = np.zeros((len(digits) + 1, digits.shape[1]), dtype=np.int64)
+        np.cumsum(digits, axis=0, out=totals[1:])
+        running[name] = (totals, lowest)
     q_order = np.argsort(
         qk * stride + np.searchsorted(distinct_times, window_hi, side="right"), kind="stable"
     )
@@ -121,16 +213,11 @@ def _window_sums(
     result: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
     for window, lo in window_los.items():
         start = count_at_or_before(lo)
-        counts = end - start
-        bounds = np.column_stack([start, end]).ravel()
         sums = {
-            # reduceat over [start, end) pairs; an empty pair yields one value, masked out.
-            name: np.where(counts > 0, np.add.reduceat(column, bounds)[::2], 0.0)
-            if len(counts)
-            else np.zeros(0)
-            for name, column in sorted_values.items()
+            name: _digits_to_float(totals[end] - totals[start], lowest)
+            for name, (totals, lowest) in running.items()
         }
-        result[window] = (counts, sums)
+        result[window] = (end - start, sums)
     return result
 
 
