@@ -16,7 +16,7 @@ DEV_PORT ?= 3000
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo dev mlflow test test-integration lint typecheck format rollback \
-	simulate bench bench-serve bench-monitoring bench-capacity prod-init clean consume produce replay push \
+	simulate bench bench-training-set bench-model-quality bench-serve bench-monitoring bench-capacity prod-init clean consume produce replay push \
 	broker serve monitor-export k8s-manifests
 
 help: ## list the targets
@@ -98,20 +98,27 @@ test: lint typecheck ## lint, type-check, then every test (needs PostgreSQL and 
 test-integration: install ## only the tests against real PostgreSQL / Redis
 	$(RUN) pytest -m integration
 
-bench: install ## benchmarks: training-set build, model quality, drift of 1 M rows, capacity (needs Redis)
+bench: bench-training-set bench-model-quality bench-monitoring bench-capacity bench-serve ## every benchmark on the default dataset; each writes bench/results/ and the docs include it (~25 min, needs Redis)
+
+bench-training-set: install ## point-in-time training set of 1.78 M rows: Feast path vs a pandas baseline
 	$(RUN) python -m bench.training_set
+	$(RUN) python -m bench.results
+
+bench-model-quality: install ## handbook split: XGBoost as the asset chooses it vs logistic regression, tree, rule
 	$(RUN) python -m bench.model_quality
-	$(RUN) python -m bench.monitoring
-	$(RUN) python -m bench.capacity
+	$(RUN) python -m bench.results
 
 bench-monitoring: install ## drift of 1 M rows x 15 features: our PSI + KS vs Evidently's DataDriftPreset
 	$(RUN) python -m bench.monitoring
+	$(RUN) python -m bench.results
 
 bench-capacity: install ## capacity numbers for docs/scaling.md: consumer events/s per partition, Redis bytes per entity
 	$(RUN) python -m bench.capacity
+	$(RUN) python -m bench.results
 
 bench-serve: install ## serving benchmark: our Ray Serve app vs naive Ray Serve + Feast and uvicorn (~8 min)
 	$(RUN) python -m bench.serve
+	$(RUN) python -m bench.results
 
 clean: ## remove local data, Dagster home and caches
 	rm -rf data .dagster_home .pytest_cache .mypy_cache .ruff_cache

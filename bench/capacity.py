@@ -28,6 +28,7 @@ import argparse
 import math
 import multiprocessing
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -45,6 +46,7 @@ import psutil
 import redis
 
 from bench.common import markdown_table, quiet_warnings
+from bench.results import add_results_argument, write_result
 from simulator import SimulatedData, SimulatorConfig, simulate
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -1128,6 +1130,8 @@ def main(argv: list[str] | None = None) -> CapacityBench:
         help=f"{QUICK_EVENTS:,} events, one run each, {QUICK_FEAST_ENTITIES:,} Feast entities, "
         f"{QUICK_CUSTOMERS:,} customers: a smoke run",
     )
+    add_results_argument(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     events = args.events or (QUICK_EVENTS if args.quick else EVENTS)
     repeat = args.repeat or (1 if args.quick else REPEAT)
@@ -1180,12 +1184,13 @@ def main(argv: list[str] | None = None) -> CapacityBench:
         f"{os.getloadavg()[0]:.2f} after; {time.perf_counter() - started:.0f} s in all",
     ]
     report = _report((throughput, feast, buffers), checks, notes)
-    print(
-        f"\n## Capacity: {events:,} events per partition x {repeat} runs, {feast_entities:,} Feast "
+    body = (
+        f"## Capacity: {events:,} events per partition x {repeat} runs, {feast_entities:,} Feast "
         f"entities per view, event buffers of {customers:,} customers over {BUFFER_DAYS} days, "
-        f"seed {args.seed}\n\n{report}\n",
-        flush=True,
+        f"seed {args.seed}\n\n{report}"
     )
+    print(f"\n{body}\n", flush=True)
+    write_result("capacity", body, argv, args.quick, args.results)
     return CapacityBench(throughput, feast, buffers, checks, report)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.results import add_results_argument
 from simulator import SimulatorConfig
 
 DEFAULT_SIZE = {"customers": 5_000, "terminals": 10_000, "days": 183}
@@ -46,6 +47,7 @@ def dataset_parser(
         )
     parser.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     parser.add_argument("--quick", action="store_true", help=quick_help)
+    add_results_argument(parser)
     return parser
 
 

@@ -17,6 +17,7 @@ reference: a yardstick, not a target, since the data are not the same rows.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from bench.common import (
     markdown_table,
     simulator_config,
 )
+from bench.results import write_result
 from feature_repo.windows import MODEL_FEATURES
 from modeling.split import HANDBOOK_SPLIT, train_test_split
 from modeling.train import LABEL, evaluate, fit_logistic_regression, select_params, train_and_evaluate
@@ -127,6 +129,7 @@ def _report(results: list[ModelResult], selection: list[dict[str, Any]], split: 
 
 def main(argv: list[str] | None = None) -> ModelQualityBench:
     """Build the training set through Feast, fit every model on the handbook split, print the table."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = dataset_parser(__doc__.splitlines()[0] if __doc__ else "").parse_args(argv)
     config = simulator_config(args)
     grid, n_folds = (QUICK_GRID, QUICK_FOLDS) if args.quick else (GRID, N_FOLDS)
@@ -159,7 +162,9 @@ def main(argv: list[str] | None = None) -> ModelQualityBench:
     metrics = evaluate(AmountRule(), test)
     results.append(ModelResult(f"rule: amount > {AMOUNT_THRESHOLD:.0f}", "no training", metrics))
     report = _report(results, selection.scores, _split_summary(train, test))
-    print(f"\n## Model quality: {describe(config)}\n\n{report}\n", flush=True)
+    body = f"## Model quality: {describe(config)}\n\n```\n{report}\n```"
+    print(f"\n{body}\n", flush=True)
+    write_result("model_quality", body, argv, args.quick, args.results)
     return ModelQualityBench(results, selection.scores, report)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import markdown_table, quiet_warnings
+from bench.results import add_results_argument, write_result
 from feature_repo.windows import MODEL_FEATURES, WINDOWS_DAYS
 from monitoring.drift import KS_ALERT, PSI_ALERT, ReferenceProfile, feature_drift
 from monitoring.evidently_report import evidently_drift_report
@@ -244,6 +246,8 @@ def main(argv: list[str] | None = None) -> MonitoringBench:
         help=f"{QUICK_ROWS:,} rows, {QUICK_EVIDENTLY_ROWS:,} for Evidently: a smoke run",
     )
     parser.add_argument("--html", type=Path, default=None, help="keep Evidently's HTML report here")
+    add_results_argument(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     rows = args.rows or (QUICK_ROWS if args.quick else ROWS)
     sample_rows = min(rows, args.evidently_rows or (QUICK_EVIDENTLY_ROWS if args.quick else EVIDENTLY_ROWS))
@@ -309,10 +313,9 @@ def main(argv: list[str] | None = None) -> MonitoringBench:
         f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after",
     ]
     report = _report(timings, checks, notes)
-    print(
-        f"\n## Drift: {rows:,} rows x {len(MODEL_FEATURES)} features, seed {args.seed}\n\n{report}\n",
-        flush=True,
-    )
+    body = f"## Drift: {rows:,} rows x {len(MODEL_FEATURES)} features, seed {args.seed}\n\n```\n{report}\n```"
+    print(f"\n{body}\n", flush=True)
+    write_result("monitoring", body, argv, args.quick, args.results)
     return MonitoringBench(timings, checks, ks_difference, evidently, report)
 
 

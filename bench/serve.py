@@ -50,6 +50,7 @@ from bench.common import (
     simulator_config,
 )
 from bench.loadgen import LoadResult, LoadSpec, run_in_process
+from bench.results import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = "bench.serve"
@@ -994,11 +995,12 @@ def main(argv: list[str] | None = None) -> ServeBench:
             "(batch calls after 6x that)",
         ]
     )
-    print(
-        f"\n## Serving under load: {dataset}; {os.cpu_count()} cores, "
-        f"load generator on the same machine\n\n{report}\n",
-        flush=True,
+    body = (
+        f"## Serving under load: {dataset}; {os.cpu_count()} cores, "
+        f"load generator on the same machine\n\n```\n{report}\n```"
     )
+    print(f"\n{body}\n", flush=True)
+    write_result("serve", body, argv, args.quick, args.results)
     return ServeBench(measurements, found, failures, report)
 
 

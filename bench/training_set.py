@@ -36,6 +36,7 @@ from bench.common import (
     run_in_child,
     simulator_config,
 )
+from bench.results import write_result
 from feature_repo.windows import (
     CUSTOMER_SPENDING,
     LABEL_DELAY_DAYS,
@@ -330,6 +331,7 @@ def main(argv: list[str] | None = None) -> TrainingSetBench:
         action="store_true",
         help="run the variants in this process: quicker (one Feast import), but no peak memory per variant",
     )
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     config = simulator_config(args)
     print(f"[bench] training set: {describe(config)}", flush=True)
@@ -374,7 +376,9 @@ def main(argv: list[str] | None = None) -> TrainingSetBench:
                 for name, rs in runs.items()
             ),
         )
-    print(f"\n## Training set: {describe(config)}\n\n{report}\n", flush=True)
+    body = f"## Training set: {describe(config)}\n\n```\n{report}\n```"
+    print(f"\n{body}\n", flush=True)
+    write_result("training_set", body, argv, args.quick, args.results)
     return TrainingSetBench(feast, baseline, agreement, report)
 
 
