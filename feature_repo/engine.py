@@ -116,7 +116,8 @@ def _shift(values: np.ndarray, bits: np.ndarray) -> np.ndarray:
 
     Bits shifted past the top wrap away: callers keep only the low digit of a left shift.
     """
-    return np.where(bits >= 0, values << np.clip(bits, 0, 63), values >> np.clip(-bits, 0, 63))
+    # One of the two shifts is 0. Plain ufuncs, not clip: a serving read makes many small calls.
+    return (values << np.minimum(np.maximum(bits, 0), 63)) >> np.minimum(np.maximum(-bits, 0), 63)
 
 
 def _carry(digits: np.ndarray) -> np.ndarray:
@@ -156,7 +157,7 @@ def _digits_to_float(digits: np.ndarray, lowest: int) -> np.ndarray:
     width = np.frexp(d0.astype(np.float64))[1].astype(np.int64)
     kept = (d0 << (62 - width)) | _shift(d1, 30 - width) | _shift(d2, -(width + 2))
     dropped = (
-        (d1 & ((np.int64(1) << np.clip(width - 30, 0, 32)) - 1))
+        (d1 & ((np.int64(1) << np.minimum(np.maximum(width - 30, 0), 32)) - 1))
         | (d2 & ((np.int64(1) << np.minimum(width + 2, 32)) - 1))
         | (np.logical_or.accumulate(nonzero, axis=1)[rows, top - 3] & (top >= 3))
     )
@@ -188,8 +189,13 @@ def _window_sums(
     Returns:
         For each window (keyed as `window_los`), the counts and the sums.
     """
-    # Any dense code per entity will do: hashing (factorize) is several times quicker than sorting (unique).
-    codes = pd.factorize(np.concatenate([event_keys, query_keys]))[0].astype(np.int64)
+    keys = np.concatenate([event_keys, query_keys])
+    # Any dense code per entity will do: on large inputs hashing (factorize) is several times
+    # quicker than sorting (unique); on a serving read's few hundred, factorize's overhead dominates.
+    if len(keys) > _SLICE_ROWS:
+        codes = pd.factorize(keys)[0].astype(np.int64)
+    else:
+        codes = np.unique(keys, return_inverse=True)[1].astype(np.int64)
     ek, qk = codes[: len(event_keys)], codes[len(event_keys) :]
     distinct_times = np.sort(event_times)  # np.unique hashes: several times slower here
     distinct_times = distinct_times[np.r_[True, distinct_times[1:] != distinct_times[:-1]]]
@@ -219,19 +225,20 @@ def _window_sums(
         return out
 
     end = count_at_or_before(window_hi)
-    result: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
-    for window, lo in window_los.items():
-        start = count_at_or_before(lo)
-        sums = {}
-        for name, (totals, lowest) in running.items():
-            window_sums = np.empty(len(q_order))
-            # In slices: the temporaries stay in cache (one pass over all rows was 2x slower).
-            for at in range(0, len(q_order), _SLICE_ROWS):
-                rows = slice(at, at + _SLICE_ROWS)
-                window_sums[rows] = _digits_to_float(totals[end[rows]] - totals[start[rows]], lowest)
-            sums[name] = in_query_order(window_sums)
-        result[window] = (in_query_order(end - start), sums)
-    return result
+    starts = {window: count_at_or_before(lo) for window, lo in window_los.items()}
+    sums: dict[int, dict[str, np.ndarray]] = {window: {} for window in window_los}
+    for name, (totals, lowest) in running.items():
+        sorted_sums = np.empty((len(starts), len(q_order)))
+        # In slices, every window in one conversion: the temporaries stay in cache (one pass over
+        # all rows was 2x slower) and a small read makes one round of numpy calls, not one a window.
+        for at in range(0, len(q_order), _SLICE_ROWS):
+            rows = slice(at, at + _SLICE_ROWS)
+            upper = totals[end[rows]]
+            exact = np.concatenate([upper - totals[start[rows]] for start in starts.values()])
+            sorted_sums[:, rows] = _digits_to_float(exact, lowest).reshape(len(starts), -1)
+        for window, window_sums in zip(starts, sorted_sums, strict=True):
+            sums[window][name] = in_query_order(window_sums)
+    return {window: (in_query_order(end - start), sums[window]) for window, start in starts.items()}
 
 
 def evaluate_arrays(
