@@ -2,7 +2,7 @@
 
 The brute force is deliberately naive: plain Python over each entity's event
 list, reading only what was known at the row's timestamp (events at or before
-it, fraud reports filed at or before it), with USE_CASE.md's window rules.
+it, fraud reports filed at or before it), with the window rules of docs/use_case.md.
 """
 
 from __future__ import annotations
