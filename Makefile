@@ -9,13 +9,14 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home/$(PROFILE)
 # The cluster profile keeps its Dagster instance in PostgreSQL, as prod does.
 INSTANCE := $(if $(filter cluster,$(PROFILE)),prod,$(PROFILE))
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+# Ray would rebuild this uv environment for its workers (a venv per session, most of a start-up's
+# minute) when a driver runs under `uv run`; the workers use .venv's Python, which has everything.
+export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 UV ?= uv
 RUN := $(UV) run --frozen
 
-DEV_PORT ?= 3000
-
 .DEFAULT_GOAL := help
-.PHONY: help install demo dev mlflow test test-integration lint typecheck format rollback \
+.PHONY: help install demo dev mlflow feast test test-integration lint typecheck format rollback \
 	simulate bench bench-training-set bench-model-quality bench-serve bench-monitoring bench-capacity prod-init clean consume produce replay push \
 	broker serve monitor-export k8s-manifests
 
@@ -29,19 +30,21 @@ install: ## create .venv from uv.lock (installs uv with pip if missing)
 $(DAGSTER_HOME)/dagster.yaml: orchestration/instance/$(INSTANCE)/dagster.yaml
 	@mkdir -p $(DAGSTER_HOME) && cp $< $@
 
-demo: install $(DAGSTER_HOME)/dagster.yaml ## the whole loop: train, serve, live traffic, drift, retrain, swap (~10 min)
-	$(RUN) python -m orchestration demo
+demo: install $(DAGSTER_HOME)/dagster.yaml ## the whole loop: train, deploy, serve, live traffic, drift, retrain, gate, redeploy (~10 min)
+	$(RUN) python -m demo
 
-dev: install $(DAGSTER_HOME)/dagster.yaml ## Dagster UI on http://127.0.0.1:3000 (workspace.yaml)
-	$(RUN) dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
+dev: install $(DAGSTER_HOME)/dagster.yaml ## Dagster UI on http://127.0.0.1:3000 (FRAUDPIPE_DAGSTER_PORT)
+	$(RUN) python -m settings exec -- sh -c 'exec dg dev -h 127.0.0.1 -p $$FRAUDPIPE_DAGSTER_PORT'
 
-MLFLOW_STORE = $(if $(filter prod cluster,$(PROFILE)),$(FRAUDPIPE_MLFLOW_PG_URL),sqlite:///$(CURDIR)/data/mlflow/mlflow.db)
+mlflow: install ## MLflow UI on http://127.0.0.1:5000 over the profile's tracking store (the pipeline's)
+	$(RUN) python -m orchestration mlflow
 
-mlflow: install ## MLflow UI on http://127.0.0.1:5000 over the profile's tracking store
-	$(RUN) mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$(MLFLOW_STORE)"
-
-rollback: install ## move the MLflow `champion` alias back to the previous champion (`make serve` swaps to it)
+rollback: install $(DAGSTER_HOME)/dagster.yaml ## move `champion` back to the previous champion and redeploy it (deployment asset)
 	$(RUN) python -m orchestration rollback
+
+ARGS ?= plan
+feast: install ## Feast's CLI on the profile's feature_store.yaml, e.g. make feast ARGS=plan (or apply, ui)
+	$(RUN) python -m settings exec -- feast -c feature_repo -f $(CURDIR)/feature_repo/profiles/$(PROFILE)/feature_store.yaml $(ARGS)
 
 simulate: install ## generate the full default dataset (5,000 cards, 183 days) into data/source
 	$(RUN) python -m simulator generate --out data/source
@@ -64,9 +67,9 @@ push: install ## HTTP push endpoint on http://127.0.0.1:8090 appending to the bu
 	$(RUN) python -m streaming push
 
 monitor-export: install ## Prometheus exporter of the monitoring results on http://127.0.0.1:9465/metrics
-	$(RUN) python -m monitoring export --metrics-path $(or $(FRAUDPIPE_DATA_DIR),data)/lake/monitoring_metrics.parquet --port 9465
+	$(RUN) python -m monitoring export
 
-serve: install ## Ray Serve on http://127.0.0.1:8000 (POST /v1/score, /docs), following the champion alias (PROFILE=cluster: on the Ray cluster at FRAUDPIPE_RAY_ADDRESS)
+serve: install ## Ray Serve on http://127.0.0.1:8000 (POST /v1/score, /docs) with the deployed versions (PROFILE=cluster: to the Ray cluster at FRAUDPIPE_RAY_ADDRESS)
 	$(RUN) python -m serving run
 
 k8s-manifests: install ## render the Kubernetes manifests of infra/k8s from the Serve and Dagster configs
@@ -75,9 +78,10 @@ k8s-manifests: install ## render the Kubernetes manifests of infra/k8s from the 
 prod-init: install ## create the prod databases (PROFILE=prod, variables of .env.prod.example)
 	$(RUN) python -m orchestration prod-init
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check, and the layer contracts (import-linter)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
+	$(RUN) lint-imports
 
 typecheck: install ## mypy on the library code
 	$(RUN) mypy

@@ -1,13 +1,17 @@
-"""Features: the offline feature tables, the Feast registry and the online store."""
+"""Features: the offline feature tables and the Feast registry.
+
+Serving reads the online event buffers (`feature_repo.online`), exact at each
+request's time; nothing is materialised to Feast's online store.
+"""
 
 import dagster as dg
-import pandas as pd
 
 from assets.raw import load_reports, load_transactions
 from feature_repo.definitions import feast_objects
 from feature_repo.engine import FEATURE_TIMESTAMP, feature_table
+from feature_repo.store import FeastStore
 from feature_repo.windows import CUSTOMER_SPENDING, TERMINAL_RISK, FeatureGroup
-from orchestration.resources import FeastResource, LakeResource
+from orchestration.resources import LakeResource
 
 
 def _materialize_group(
@@ -51,12 +55,10 @@ def terminal_risk(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.M
 
 
 @dg.asset(group_name="features", deps=[customer_spending, terminal_risk], kinds={"feast"})
-def feature_registry(lake: LakeResource, feast: FeastResource) -> dg.MaterializeResult:
+def feature_registry(feast: dg.ResourceParam[FeastStore]) -> dg.MaterializeResult:
     """The Feast registry: entities, feature views, on-demand features and the
-    versioned feature service the model names."""
-    objects, service = feast_objects(
-        {group.name: lake.table_path(group.name) for group in (CUSTOMER_SPENDING, TERMINAL_RISK)}
-    )
+    versioned feature service the model names (what `feast plan` compares against)."""
+    objects, service = feast_objects(feast.tables())
     store = feast.store()
     store.apply(objects)
     return dg.MaterializeResult(
@@ -66,18 +68,3 @@ def feature_registry(lake: LakeResource, feast: FeastResource) -> dg.Materialize
             "project": store.project,
         }
     )
-
-
-@dg.asset(group_name="features", deps=[feature_registry], kinds={"feast", "redis"})
-def online_features(lake: LakeResource, feast: FeastResource) -> dg.MaterializeResult:
-    """The latest feature values of every card and terminal, in the online store."""
-    store = feast.store()
-    latest = max(
-        pd.read_parquet(lake.table_path(g.name), columns=[FEATURE_TIMESTAMP])[FEATURE_TIMESTAMP].max()
-        for g in (CUSTOMER_SPENDING, TERMINAL_RISK)
-    )
-    earliest = latest - pd.Timedelta(days=max(g.horizon_days for g in (CUSTOMER_SPENDING, TERMINAL_RISK)))
-    store.materialize(
-        start_date=earliest.to_pydatetime(), end_date=latest.to_pydatetime() + pd.Timedelta(seconds=1)
-    )
-    return dg.MaterializeResult(metadata={"materialized_until": str(latest)})

@@ -22,7 +22,6 @@ from typing import Any
 import dagster as dg
 import numpy as np
 import pandas as pd
-from prometheus_client.parser import text_string_to_metric_families
 
 from assets.ingestion import raw_transactions
 from assets.partitions import daily_partitions
@@ -30,13 +29,16 @@ from assets.validation import validate_transactions
 from feature_repo.windows import LABEL, LABEL_DELAY_DAYS, MODEL_FEATURES
 from modeling import registry
 from modeling.metrics import fraud_metrics
+from modeling.registry import ModelRegistry
 from modeling.train import score
 from monitoring.drift import feature_drift as measure_drift
 from monitoring.drift import score_drift
 from monitoring.evidently_report import evidently_drift_report
 from monitoring.exporter import OUTCOME_METRICS, write_metrics
 from monitoring.reference import ModelReference, load_reference
-from orchestration.resources import EventSourceResource, LakeResource, MLflowResource, MonitoringResource
+from orchestration.resources import EventSourceResource, LakeResource
+from serving.metrics import REQUEST_SECONDS, ray_metrics_url, series_samples
+from settings import MonitoringSettings, Settings
 
 GROUP = "monitoring"
 PREDICTIONS = "predictions"
@@ -71,7 +73,7 @@ def _insufficient(why: str, **metadata: Any) -> dg.MaterializeResult:
     )
 
 
-def _reference(mlflow: MLflowResource, predictions: pd.DataFrame) -> ModelReference:
+def _reference(mlflow: dg.ResourceParam[ModelRegistry], predictions: pd.DataFrame) -> ModelReference:
     mlflow.activate()
     return load_reference(mlflow.client(), mlflow.model_name, _served_version(predictions))
 
@@ -107,7 +109,7 @@ def prediction_log(
     )
 
 
-def drift_columns(monitoring: MonitoringResource) -> list[str]:
+def drift_columns(monitoring: dg.ResourceParam[MonitoringSettings]) -> list[str]:
     return [f for f in MODEL_FEATURES if f not in monitoring.ignored_features]
 
 
@@ -120,8 +122,8 @@ def drift_columns(monitoring: MonitoringResource) -> list[str]:
 def feature_drift(
     context: dg.AssetExecutionContext,
     lake: LakeResource,
-    mlflow: MLflowResource,
-    monitoring: MonitoringResource,
+    mlflow: dg.ResourceParam[ModelRegistry],
+    monitoring: dg.ResourceParam[MonitoringSettings],
 ) -> dg.MaterializeResult:
     """PSI and KS of each served feature against the champion's training rows; the day is
     drifted when enough features pass the thresholds. Evidently's report beside it, as HTML."""
@@ -169,8 +171,9 @@ def feature_drift(
 def prediction_drift(
     context: dg.AssetExecutionContext,
     lake: LakeResource,
-    mlflow: MLflowResource,
-    monitoring: MonitoringResource,
+    mlflow: dg.ResourceParam[ModelRegistry],
+    monitoring: dg.ResourceParam[MonitoringSettings],
+    settings: dg.ResourceParam[Settings],
 ) -> dg.MaterializeResult:
     """The day's score distribution against the champion's scores on its test rows (PSI, KS),
     and the share of transactions flagged at serving's threshold."""
@@ -180,7 +183,7 @@ def prediction_drift(
         return _insufficient(f"{len(predictions)} predictions, fewer than {monitoring.min_rows}")
     reference = _reference(mlflow, predictions)
     scores = predictions["PROBABILITY"].to_numpy(dtype=np.float64)
-    drift = score_drift(reference.scores, scores, monitoring.flag_threshold, monitoring.min_rows)
+    drift = score_drift(reference.scores, scores, settings.serving.runtime.threshold, monitoring.min_rows)
     if drift.insufficient:
         return _insufficient(drift.reason)
     flagged, reference_flagged = drift.flagged_share_current, drift.flagged_share_reference
@@ -282,8 +285,8 @@ def _metrics_of(labelled: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:
 def outcome_metrics(
     context: dg.AssetExecutionContext,
     lake: LakeResource,
-    mlflow: MLflowResource,
-    monitoring: MonitoringResource,
+    mlflow: dg.ResourceParam[ModelRegistry],
+    monitoring: dg.ResourceParam[MonitoringSettings],
 ) -> dg.MaterializeResult:
     """ROC AUC, average precision and card precision@100 of the day, once fraud reports name
     its frauds: for the scores served, and for the current champion and challenger re-scored
@@ -345,19 +348,20 @@ def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
 
 
 def serving_summary(exposition: str) -> dict[str, float]:
-    """Latency quantiles of /v1/score and error rates from one replica's Prometheus exposition."""
+    """Latency quantiles of /v1/score, error rates and replicas from a Prometheus exposition of
+    serving's metrics: Ray's metrics agent (every replica of a node, summed over the replica tag,
+    bucket by bucket) or a single process's registry (the same names, no replica tag)."""
+    histogram = REQUEST_SECONDS.exported
     buckets: dict[float, float] = {}
+    for labels, value in series_samples(exposition, f"{histogram}_bucket"):
+        if labels.get("endpoint") == "/v1/score":
+            upper = float(labels["le"])
+            buckets[upper] = buckets.get(upper, 0.0) + value
     requests: dict[str, float] = {}
-    for family in text_string_to_metric_families(exposition):
-        if family.name != "fraudpipe_serve_request_seconds":
-            continue
-        for sample in family.samples:
-            labels = sample.labels
-            if sample.name.endswith("_bucket") and labels.get("endpoint") == "/v1/score":
-                upper = float(labels["le"])
-                buckets[upper] = buckets.get(upper, 0.0) + sample.value
-            elif sample.name.endswith("_count"):
-                requests[labels["status"]] = requests.get(labels["status"], 0.0) + sample.value
+    replicas: set[str] = set()
+    for labels, value in series_samples(exposition, f"{histogram}_count"):
+        requests[labels["status"]] = requests.get(labels["status"], 0.0) + value
+        replicas.add(labels.get("replica", ""))
     total = sum(requests.values())
     ordered = sorted(buckets.items())
     summary = {
@@ -370,16 +374,18 @@ def serving_summary(exposition: str) -> dict[str, float]:
             "requests": total,
             "error_rate": errors / total if total else float("nan"),
             "rejected_503_rate": requests.get("503", 0.0) / total if total else float("nan"),
+            "replicas": float(len(replicas)),
         }
     )
     return summary
 
 
 @dg.asset(group_name=GROUP, kinds={"prometheus"})
-def serving_health(monitoring: MonitoringResource) -> dg.MaterializeResult:
-    """Latency p50/p95/p99 of scoring and its error and 503 rates, read from Ray Serve's
-    Prometheus endpoint (since the replica started). Not running is reported, not failed."""
-    url = f"{monitoring.serve_url}/metrics"
+def serving_health(settings: dg.ResourceParam[Settings]) -> dg.MaterializeResult:
+    """Latency p50/p95/p99 of scoring, its error and 503 rates, summed over every replica of
+    this node, read from Ray's metrics agent (since the replicas started). Not running is
+    reported, not failed."""
+    url = ray_metrics_url(settings.serving.ray_metrics_port)
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
             exposition = response.read().decode()

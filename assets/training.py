@@ -13,10 +13,12 @@ import xgboost as xgb
 from assets.training_set import snapshot_id
 from feature_repo.windows import FEATURE_SERVICE_NAME, MODEL_FEATURES
 from modeling import registry
+from modeling.registry import ModelRegistry
 from modeling.split import SplitWindow, train_test_split
-from modeling.train import evaluate, score, select_params, train_and_evaluate
+from modeling.train import evaluate, fit_decision_tree, score, select_params, train_and_evaluate
 from monitoring.reference import REFERENCE_DIR, write_reference
-from orchestration.resources import LakeResource, MLflowResource
+from orchestration.resources import LakeResource
+from settings import PromotionSettings, Settings
 
 MODEL_DIR = "fraud_model"
 
@@ -111,7 +113,7 @@ def _read_model(lake: LakeResource) -> tuple[xgb.XGBClassifier, dict]:
 
 @dg.asset(group_name="training", deps=[fraud_model], kinds={"mlflow"})
 def registered_model(
-    context: dg.AssetExecutionContext, lake: LakeResource, mlflow: MLflowResource
+    context: dg.AssetExecutionContext, lake: LakeResource, mlflow: dg.ResourceParam[ModelRegistry]
 ) -> dg.MaterializeResult:
     """The trained model in the MLflow registry as the `challenger`, with its params,
     metrics, signature, feature service, training-data snapshot and code version, and
@@ -156,9 +158,43 @@ def _incomparable(challenger: dict[str, str], champion: dict[str, str], window: 
     return ""
 
 
-@dg.asset_check(asset=registered_model, blocking=True, name="check_promotion_gate")
-def check_promotion_gate(lake: LakeResource, mlflow: MLflowResource) -> dg.AssetCheckResult:
-    """Promote the challenger to champion only if it beats the champion on the same test week."""
+MARGINS = {
+    "roc_auc": "max_roc_auc_drop",
+    "average_precision": "max_average_precision_drop",
+    "card_precision_at_100": "max_card_precision_drop",
+}
+"""Each metric's allowed drop, by the name of its field in `settings.PromotionSettings`."""
+
+
+def judge(
+    challenger: dict[str, float], reference: dict[str, float], metric: str, promotion: PromotionSettings
+) -> list[str]:
+    """Why the challenger does not beat the reference (empty if it does).
+
+    It must be better on the selection metric and lose no more than its margin on any other.
+    """
+    reasons = []
+    if challenger[metric] <= reference[metric]:
+        reasons.append(f"{metric} {challenger[metric]:.4f} does not beat {reference[metric]:.4f}")
+    for name, field in MARGINS.items():
+        margin = getattr(promotion, field)
+        if name != metric and challenger[name] < reference[name] - margin:
+            reasons.append(f"{name} {challenger[name]:.4f} is more than {margin} below {reference[name]:.4f}")
+    return reasons
+
+
+GATE = "check_promotion_gate"
+
+
+@dg.asset_check(asset=registered_model, blocking=True, name=GATE)
+def check_promotion_gate(
+    lake: LakeResource, mlflow: dg.ResourceParam[ModelRegistry], settings: dg.ResourceParam[Settings]
+) -> dg.AssetCheckResult:
+    """Judge the challenger against the champion on the challenger's test days, without changing anything.
+
+    A challenger that does not beat the champion (or, for the first model, the handbook's depth-2
+    decision tree trained on the same split) fails with ERROR: `champion` and `deployment` do not run.
+    """
     mlflow.activate()
     client = mlflow.client()
     name = mlflow.model_name
@@ -168,46 +204,69 @@ def check_promotion_gate(lake: LakeResource, mlflow: MLflowResource) -> dg.Asset
     tags = client.get_model_version(name, challenger).tags
     metric = tags["selection_metric"]
     window = split_window(json.loads(tags["window"]))
-    _, test = train_test_split(lake.read_table("training_set"), window)
+    train, test = train_test_split(lake.read_table("training_set"), window)
     challenger_metrics = evaluate(registry.load_model(name, challenger), test)
-    champion = registry.alias_version(client, name, registry.CHAMPION)
     metadata: dict[str, dg.RawMetadataValue] = {
         "challenger_version": challenger,
         **{f"challenger_{k}": v for k, v in challenger_metrics.items()},
         "test_rows": len(test),
         "metric": metric,
     }
+    promotion = settings.promotion
+    champion = registry.alias_version(client, name, registry.CHAMPION)
     if champion is None:
-        registry.promote(client, name, challenger, "first model: no champion to beat")
+        baseline = evaluate(fit_decision_tree(train), test)
+        metadata.update({f"baseline_{k}": v for k, v in baseline.items()})
+        passed = challenger_metrics[metric] > baseline[metric]
         return dg.AssetCheckResult(
-            passed=True,
-            description=f"v{challenger} is the first champion",
-            metadata={**metadata, "promoted": True},
+            passed=passed,
+            description=(
+                f"v{challenger} {'clears' if passed else 'misses'} the first model's floor: {metric} "
+                f"{challenger_metrics[metric]:.4f} vs the depth-2 decision tree's {baseline[metric]:.4f}"
+            ),
+            metadata=metadata,
         )
+    metadata["champion_version"] = champion
     refusal = _incomparable(tags, client.get_model_version(name, champion).tags, window)
     if refusal:
         return dg.AssetCheckResult(
-            passed=False,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=f"v{champion} stays champion: {refusal}",
-            metadata={**metadata, "champion_version": champion, "promoted": False},
+            passed=False, description=f"v{champion} stays champion: {refusal}", metadata=metadata
         )
     champion_metrics = evaluate(registry.load_model(name, champion), test)
-    metadata.update(
-        {"champion_version": champion, **{f"champion_{k}": v for k, v in champion_metrics.items()}}
+    metadata.update({f"champion_{k}": v for k, v in champion_metrics.items()})
+    reasons = judge(challenger_metrics, champion_metrics, metric, promotion)
+    description = (
+        f"v{challenger} beats v{champion}: {metric} {challenger_metrics[metric]:.4f} vs "
+        f"{champion_metrics[metric]:.4f}"
+        if not reasons
+        else f"v{champion} stays champion: v{challenger} " + "; ".join(reasons)
     )
-    better = challenger_metrics[metric] > champion_metrics[metric]
-    if better:
-        registry.promote(
-            client,
-            name,
-            challenger,
-            f"{metric} {challenger_metrics[metric]:.4f} > {champion_metrics[metric]:.4f} of v{champion}",
+    return dg.AssetCheckResult(passed=not reasons, description=description, metadata=metadata)
+
+
+@dg.asset(group_name="training", deps=[registered_model], kinds={"mlflow"})
+def champion(
+    context: dg.AssetExecutionContext, mlflow: dg.ResourceParam[ModelRegistry]
+) -> dg.MaterializeResult:
+    """The model version serving should answer with: the `champion` alias, moved to the
+    challenger once the promotion gate passed for it."""
+    record = context.instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(registered_model.key, GATE)
+    )
+    evaluation = record.event.asset_check_evaluation if record and record.event else None
+    mlflow.activate()
+    client = mlflow.client()
+    challenger = registry.alias_version(client, mlflow.model_name, registry.CHALLENGER)
+    judged = evaluation.metadata.get("challenger_version") if evaluation else None
+    if evaluation is None or not evaluation.passed or judged is None or judged.value != challenger:
+        raise dg.Failure(
+            f"the promotion gate has not passed for the challenger v{challenger}: run {GATE} first",
+            metadata={"challenger_version": str(challenger)},
         )
-    return dg.AssetCheckResult(
-        passed=better,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=(f"v{challenger} promoted over v{champion}" if better else f"v{champion} stays champion")
-        + f": {metric} {challenger_metrics[metric]:.4f} vs {champion_metrics[metric]:.4f}",
-        metadata={**metadata, "promoted": better},
+    assert challenger is not None  # the gate judged it
+    previous = registry.alias_version(client, mlflow.model_name, registry.CHAMPION)
+    registry.promote(client, mlflow.model_name, challenger, evaluation.description or GATE)
+    context.log.info(f"{mlflow.model_name}: champion v{previous} -> v{challenger}")
+    return dg.MaterializeResult(
+        metadata={"version": challenger, "previous": str(previous), "reason": evaluation.description or ""}
     )

@@ -7,8 +7,9 @@ import pandas as pd
 
 from assets.raw import load_reports, load_transactions
 from feature_repo.engine import FEATURE_TIMESTAMP
+from feature_repo.store import FeastStore
 from feature_repo.windows import FEATURE_SERVICE_NAME, LABEL, LABEL_DELAY_DAYS, MODEL_FEATURES
-from orchestration.resources import FeastResource, LakeResource
+from orchestration.resources import LakeResource
 
 KEY_COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID")
 
@@ -42,7 +43,7 @@ def settled_transactions(
     return frame.reset_index(drop=True)
 
 
-def build_training_set(feast: FeastResource, labelled: pd.DataFrame) -> pd.DataFrame:
+def build_training_set(feast: FeastStore, labelled: pd.DataFrame) -> pd.DataFrame:
     """Join the feature service's features to each labelled transaction, as of its time.
 
     Returns:
@@ -76,7 +77,7 @@ def training_set(
     context: dg.AssetExecutionContext,
     config: TrainingSetConfig,
     lake: LakeResource,
-    feast: FeastResource,
+    feast: dg.ResourceParam[FeastStore],
 ) -> dg.MaterializeResult:
     """Every settled transaction with its 15 model features as of its own timestamp
     (Feast point-in-time join on the `fraud_model_v1` service) and its fraud label."""

@@ -8,18 +8,15 @@
    run: a bare confluent-kafka consumer draining the same partition and doing
    nothing with it, the bus's ceiling. Also two consumer processes on two
    partitions beside one.
-2. **Redis memory per entity.** Feast's Redis online store holding the project's
-   two feature views for N synthetic entities, written through
-   `FeatureStore.write_to_online_store` (baseline: the bytes Feast sends, keys,
-   field names and values); and the stream's online event buffers
-   (`streaming.online.RedisEventBuffers`) holding simulated traffic at the
+2. **Redis memory per entity.** The stream's online event buffers
+   (`feature_repo.online.RedisEventBuffers`) holding simulated traffic at the
    simulator's rates, trimmed as the consumer trims them.
 
-Every Redis key is this run's own (a key prefix, a Feast project) and deleted at
-the end; nothing is flushed.
+Every Redis key is this run's own (a key prefix) and deleted at the end; nothing
+is flushed.
 
-    python -m bench.capacity [--quick] [--events N] [--repeat N] [--feast-entities N]
-        [--customers N] [--redis-url URL]
+    python -m bench.capacity [--quick] [--events N] [--repeat N] [--customers N]
+        [--redis-url URL]
 """
 
 from __future__ import annotations
@@ -38,15 +35,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
-import pandas as pd
 import psutil
 import redis
 
 from bench.common import markdown_table, quiet_warnings
 from bench.results import add_results_argument, write_result
+from settings import StreamSettings
 from simulator import SimulatedData, SimulatorConfig, simulate
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -56,8 +52,6 @@ librdkafka), about 117,000 of these events once LZ4-compressed: a run checks tha
 nothing it produced was dropped."""
 QUICK_EVENTS = 20_000
 REPEAT = 2
-FEAST_ENTITIES = 100_000
-QUICK_FEAST_ENTITIES = 10_000
 CUSTOMERS = SimulatorConfig().n_customers
 """The simulator's default population, whose fraud share the reports buffered reflect."""
 QUICK_CUSTOMERS = 300
@@ -75,8 +69,8 @@ CAUGHT_UP = "simulator rates, after a catch-up"
 DENSE = f"{CUSTOMERS_PER_TERMINAL} customers per terminal, trimmed live"
 UTILISATION = 0.7
 """The share of a consumer's measured rate the scaling rule plans for."""
-BATCH_SIZE = 2_000
-"""`StreamResource.batch_size`'s default, what `python -m streaming consume` polls."""
+BATCH_SIZE = StreamSettings.model_fields["batch_size"].default
+"""The stream settings' default batch size, what `python -m streaming consume` polls."""
 TX_PER_CUSTOMER_DAY = 1.9
 """The simulator's average (mean_nb_tx_per_day ~ U(0, 4), a few cards without a terminal near)."""
 
@@ -213,10 +207,10 @@ def _drain_bare(spec: DrainSpec, start: Any) -> Drain:
 
 
 def _drain_stream(spec: DrainSpec, start: Any) -> Drain:
+    from feature_repo.online import open_event_buffers
     from streaming.bus_kafka import KafkaBus
     from streaming.consumer import LANDED_KINDS, ConsumerSettings, StreamConsumer, Totals
     from streaming.landing import StreamLanding
-    from streaming.online import open_event_buffers
 
     assert spec.online_url is not None
     online = open_event_buffers(spec.online_url, prefix=spec.online_prefix)
@@ -305,8 +299,8 @@ def measure_variant(
     redis_url: str,
 ) -> Throughput:
     """Produce one partition per process, then drain them, each in a spawned process of its own."""
+    from feature_repo.online import RedisEventBuffers
     from streaming.bus_kafka import KafkaBus
-    from streaming.online import RedisEventBuffers
 
     tag = f"{run}-{variant.kind}-{variant.online or 'none'}-{variant.processes}-{uuid.uuid4().hex[:6]}"
     variant_dir = workdir / tag
@@ -520,124 +514,6 @@ def _encoding_text(counts: dict[str, int]) -> str:
 
 
 @dataclass(frozen=True)
-class ViewMemory:
-    """One Feast feature view held in Redis for `entities` entities."""
-
-    view: str
-    entities: int
-    features: int
-    used_memory: int
-    """used_memory after the write minus before."""
-    freed: int
-    """used_memory before deleting the view's keys minus after."""
-    memory_usage: int
-    """Sum of MEMORY USAGE over the view's keys."""
-    payload: int
-    """Keys, hash field names and values as Feast sends them."""
-    values: int
-    """The serialised values alone (feature values and the event timestamp)."""
-    encodings: dict[str, int]
-    write_seconds: float
-
-
-def _feast_frame(group: Any, entities: int, rng: np.random.Generator) -> pd.DataFrame:
-    """Feature values shaped like the real ones (their serialised size depends on them a little)."""
-    from feature_repo.engine import FEATURE_TIMESTAMP
-    from feature_repo.windows import Aggregation
-
-    daily = rng.uniform(0, 4, entities) if group.delay_days == 0 else rng.gamma(2.0, 0.5, entities)
-    columns: dict[str, Any] = {group.join_key: np.arange(entities, dtype=np.int64)}
-    for feature in group.features:
-        if feature.aggregation is Aggregation.COUNT:
-            columns[feature.name] = rng.poisson(daily * feature.window_days).astype(np.int64)
-        elif feature.aggregation is Aggregation.MEAN:
-            columns[feature.name] = rng.lognormal(3.7, 0.6, entities)
-        else:  # a fraud rate: zero for most terminals
-            columns[feature.name] = np.where(rng.random(entities) < 0.03, rng.uniform(0, 0.8, entities), 0.0)
-    columns[FEATURE_TIMESTAMP] = pd.Timestamp("2018-09-30", tz="UTC") - pd.to_timedelta(
-        rng.integers(0, 86_400, entities), unit="s"
-    )
-    return pd.DataFrame(columns)
-
-
-def _feast_connection(redis_url: str) -> str:
-    """Feast's Redis connection string for a redis:// URL."""
-    url = urlparse(redis_url)
-    db = url.path.strip("/") or "0"
-    password = f",password={url.password}" if url.password else ""
-    return f"{url.hostname or '127.0.0.1'}:{url.port or 6379},db={db}{password}"
-
-
-def measure_feast(redis_url: str, project: str, entities: int, seed: int, workdir: Path) -> list[ViewMemory]:
-    """Write each feature view for `entities` entities through Feast under `project`, measure, delete."""
-    from feature_repo.definitions import feast_objects
-    from feature_repo.windows import FEATURE_GROUPS
-    from orchestration.resources import FeastResource
-
-    quiet_warnings()
-    client = redis.Redis.from_url(redis_url)
-    feast_dir = workdir / "feast"
-    feast_dir.mkdir(parents=True, exist_ok=True)
-    store = FeastResource(
-        profile="prod",
-        data_dir=str(feast_dir),
-        project=project,
-        registry_url=f"sqlite:///{(feast_dir / 'registry.db').resolve()}",
-        redis_connection=_feast_connection(redis_url),
-    ).store()
-    rng = np.random.default_rng(seed)
-    frames = {group.name: _feast_frame(group, entities, rng) for group in FEATURE_GROUPS}
-    tables = {}
-    for name, frame in frames.items():
-        tables[name] = feast_dir / f"{name}.parquet"
-        frame.to_parquet(tables[name], index=False)
-    objects, _ = feast_objects(tables)
-    store.apply(objects)
-
-    pattern = b"*" + project.encode()
-    written: list[tuple[Any, list[bytes], int, float]] = []
-    try:
-        for group in FEATURE_GROUPS:
-            print(f"[capacity] Feast: {group.name} for {entities:,} entities ...", flush=True)
-            before = _used_memory(client)
-            started = time.perf_counter()
-            store.write_to_online_store(group.name, frames[group.name])
-            seconds = time.perf_counter() - started
-            delta = _used_memory(client) - before
-            known = {key for _, keys, _, _ in written for key in keys}
-            written.append(
-                (group, [key for key in _scan(client, pattern) if key not in known], delta, seconds)
-            )
-        return [_view_memory(client, *view) for view in written]
-    finally:
-        leftover = _scan(client, pattern)
-        if leftover:
-            _delete(client, leftover)
-        client.close()
-
-
-def _view_memory(
-    client: redis.Redis, group: Any, keys: list[bytes], delta: int, seconds: float
-) -> ViewMemory:
-    """Measure one view's keys against the payload Feast sent, then delete them."""
-    payload = values = 0
-    for chunk in _chunks(keys):
-        pipe = client.pipeline(transaction=False)
-        for key in chunk:
-            pipe.hgetall(key)
-        for key, fields in zip(chunk, pipe.execute(), strict=True):
-            values += sum(len(v) for v in fields.values())
-            payload += len(key) + sum(len(f) + len(v) for f, v in fields.items())
-    usage, encodings = _memory_usage(client, keys), _encodings(client, keys)
-    before = _used_memory(client)
-    _delete(client, keys)
-    freed = before - _used_memory(client)
-    return ViewMemory(
-        group.name, len(keys), len(group.features), delta, freed, usage, payload, values, encodings, seconds
-    )
-
-
-@dataclass(frozen=True)
 class BufferClass:
     """One kind of key of the event buffers: entity buffers, their index, the reports."""
 
@@ -687,7 +563,7 @@ def measure_buffers(
     large. `terminals_fold` maps terminal ids modulo that many terminals: the same
     payments at fewer, busier terminals.
     """
-    from streaming.online import RedisEventBuffers
+    from feature_repo.online import RedisEventBuffers
 
     client = redis.Redis.from_url(redis_url)
     buffers = RedisEventBuffers(client, prefix)
@@ -761,7 +637,6 @@ class CapacityBench:
     """What a run measured, the pass/fail lines and the printed report."""
 
     throughput: list[Throughput]
-    feast: list[ViewMemory]
     buffers: list[BufferMemory]
     checks: list[tuple[bool, str]]
     report: str
@@ -811,45 +686,6 @@ def _consumer_table(throughput: Sequence[Throughput]) -> str:
             "per partition vs bare",
             "overlap",
             "other cores",
-        ],
-        rows,
-    )
-
-
-def _feast_table(views: Sequence[ViewMemory]) -> str:
-    rows = [
-        [
-            v.view,
-            f"{v.entities:,}",
-            str(v.features),
-            f"{v.used_memory / MIB:.1f}",
-            f"{v.used_memory / v.entities:.0f}",
-            f"{v.freed / v.entities:.0f}",
-            f"{v.memory_usage / v.entities:.0f}",
-            f"{v.payload / v.entities:.0f}",
-            f"{v.values / v.entities:.0f}",
-            f"{v.used_memory / v.payload:.2f}x",
-            f"{v.used_memory / v.entities * 1e6 / MIB:,.0f}",
-            _encoding_text(v.encodings),
-            f"{v.entities / v.write_seconds:,.0f}",
-        ]
-        for v in views
-    ]
-    return markdown_table(
-        [
-            "feature view",
-            "entities",
-            "features",
-            "used_memory MiB",
-            "bytes/entity",
-            "freed bytes/entity",
-            "MEMORY USAGE bytes/entity",
-            "payload bytes/entity",
-            "values bytes/entity",
-            "vs payload",
-            "MiB per million entities",
-            "encoding",
-            "written entities/s",
         ],
         rows,
     )
@@ -925,9 +761,7 @@ def _buffers_tables(scenarios: Sequence[BufferMemory]) -> str:
     )
 
 
-def _rules(
-    throughput: Sequence[Throughput], feast: Sequence[ViewMemory], buffers: Sequence[BufferMemory]
-) -> str:
+def _rules(throughput: Sequence[Throughput], buffers: Sequence[BufferMemory]) -> str:
     """The scaling rules of docs/scaling.md, worked out from this run's numbers."""
     one, two = (
         median_run([t for t in throughput if t.variant.name == n]) for n in (STREAM_REDIS, STREAM_REDIS_2)
@@ -948,7 +782,6 @@ def _rules(
             f"(Redis runs commands on one thread) takes about {1 / one.redis_cpu:,.0f} events/s, "
             f"{UTILISATION / one.redis_cpu:,.0f} at {UTILISATION:.0%}."
         )
-    views = {v.view: v for v in feast}
     scenario = {b.scenario: b for b in buffers}
     live, caught_up, dense = scenario[LIVE], scenario[CAUGHT_UP], scenario[DENSE]
 
@@ -959,22 +792,7 @@ def _rules(
         """A key kind's per-key sum, scaled so that the kinds add up to the scenario's used_memory delta."""
         return memory.by_name(kind).memory_usage * memory.used_memory / memory.memory_usage
 
-    customer_view, terminal_view = views["customer_spending"], views["terminal_risk"]
     parts = [
-        part(
-            "Feast customer_spending",
-            "customer",
-            customer_view.used_memory,
-            customer_view.entities,
-            GUIDE_CUSTOMERS,
-        ),
-        part(
-            "Feast terminal_risk",
-            "terminal",
-            terminal_view.used_memory,
-            terminal_view.entities,
-            GUIDE_TERMINALS,
-        ),
         part(
             "customer event buffers",
             "customer",
@@ -1032,7 +850,6 @@ def _rules(
 
 def _checks(
     throughput: Sequence[Throughput],
-    feast: Sequence[ViewMemory],
     buffers: Sequence[BufferMemory],
     leftover: int,
 ) -> list[tuple[bool, str]]:
@@ -1040,9 +857,7 @@ def _checks(
     expected = sum(d.events[-1] for d in streams)
     landed = sum(d.landed for d in streams)
     extra = sum(d.duplicates + d.dead_letters for d in streams)
-    agreement = [(v.view, v.used_memory, v.memory_usage) for v in feast] + [
-        (b.scenario, b.used_memory, b.memory_usage) for b in buffers
-    ]
+    agreement = [(b.scenario, b.used_memory, b.memory_usage) for b in buffers]
     worst = max(agreement, key=lambda a: abs(a[1] / a[2] - 1))
     return [
         (
@@ -1061,11 +876,11 @@ def _checks(
 
 
 def _report(
-    result_parts: tuple[list[Throughput], list[ViewMemory], list[BufferMemory]],
+    result_parts: tuple[list[Throughput], list[BufferMemory]],
     checks: list[tuple[bool, str]],
     notes: list[str],
 ) -> str:
-    throughput, feast, buffers = result_parts
+    throughput, buffers = result_parts
     runs = "; ".join(
         f"{v.name}: "
         + ", ".join(f"{t.rate:,.0f} ({t.other_cores:.2f})" for t in throughput if t.variant is v)
@@ -1079,11 +894,7 @@ def _report(
             "",
             f"all runs, events/s (other cores): {runs}",
             "",
-            "### Feast's Redis online store",
-            "",
-            _feast_table(feast),
-            "",
-            "### Online event buffers in Redis (streaming.online)",
+            "### Online event buffers in Redis (feature_repo.online)",
             "",
             _buffers_tables(buffers),
             "",
@@ -1091,7 +902,7 @@ def _report(
             "",
             "### Scaling rules",
             "",
-            _rules(throughput, feast, buffers),
+            _rules(throughput, buffers),
             "",
             *notes,
         ]
@@ -1111,12 +922,6 @@ def main(argv: list[str] | None = None) -> CapacityBench:
         "--repeat", type=int, default=None, help=f"runs of each consumer variant (default {REPEAT})"
     )
     parser.add_argument(
-        "--feast-entities",
-        type=int,
-        default=None,
-        help=f"entities per Feast feature view (default {FEAST_ENTITIES:,})",
-    )
-    parser.add_argument(
         "--customers",
         type=int,
         default=None,
@@ -1127,15 +932,13 @@ def main(argv: list[str] | None = None) -> CapacityBench:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"{QUICK_EVENTS:,} events, one run each, {QUICK_FEAST_ENTITIES:,} Feast entities, "
-        f"{QUICK_CUSTOMERS:,} customers: a smoke run",
+        help=f"{QUICK_EVENTS:,} events, one run each, {QUICK_CUSTOMERS:,} customers: a smoke run",
     )
     add_results_argument(parser)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     events = args.events or (QUICK_EVENTS if args.quick else EVENTS)
     repeat = args.repeat or (1 if args.quick else REPEAT)
-    feast_entities = args.feast_entities or (QUICK_FEAST_ENTITIES if args.quick else FEAST_ENTITIES)
     customers = args.customers or (QUICK_CUSTOMERS if args.quick else CUSTOMERS)
     quiet_warnings()
 
@@ -1171,27 +974,21 @@ def main(argv: list[str] | None = None) -> CapacityBench:
                 )
             )
         ]
-        # A project name as long as the default one (fraudpipe): keys end with it, so they have prod's size.
-        project = f"fp{run[:7]}"
-        feast = measure_feast(args.redis_url, project, feast_entities, args.seed, workdir)
-    leftover = len(_scan(client, f"bench-capacity:{run}*".encode())) + len(
-        _scan(client, f"*{project}".encode())
-    )
+    leftover = len(_scan(client, f"bench-capacity:{run}*".encode()))
     client.close()
-    checks = _checks(throughput, feast, buffers, leftover)
+    checks = _checks(throughput, buffers, leftover)
     notes = [
         f"Redis {version}; {os.cpu_count()} cores; load average {load_before:.2f} before, "
         f"{os.getloadavg()[0]:.2f} after; {time.perf_counter() - started:.0f} s in all",
     ]
-    report = _report((throughput, feast, buffers), checks, notes)
+    report = _report((throughput, buffers), checks, notes)
     body = (
-        f"## Capacity: {events:,} events per partition x {repeat} runs, {feast_entities:,} Feast "
-        f"entities per view, event buffers of {customers:,} customers over {BUFFER_DAYS} days, "
-        f"seed {args.seed}\n\n{report}"
+        f"## Capacity: {events:,} events per partition x {repeat} runs, event buffers of "
+        f"{customers:,} customers over {BUFFER_DAYS} days, seed {args.seed}\n\n{report}"
     )
     print(f"\n{body}\n", flush=True)
     write_result("capacity", body, argv, args.quick, args.results)
-    return CapacityBench(throughput, feast, buffers, checks, report)
+    return CapacityBench(throughput, buffers, checks, report)
 
 
 if __name__ == "__main__":

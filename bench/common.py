@@ -150,8 +150,9 @@ def feast_training_set(
     from assets.training_set import build_training_set, settled_transactions
     from feature_repo.definitions import feast_objects
     from feature_repo.engine import feature_table
+    from feature_repo.store import FeastStore
     from feature_repo.windows import FEATURE_GROUPS
-    from orchestration.resources import FeastResource, LakeResource
+    from orchestration.resources import LakeResource
 
     quiet_warnings()  # after the imports: Feast's modules install warning filters of their own
     lake = LakeResource(root=str(data_dir / "lake"))
@@ -161,7 +162,7 @@ def feast_training_set(
         with stages.stage(f"{group.name} parquet write"):
             lake.write_table(group.name, table)
         del table
-    feast = FeastResource(profile="local", data_dir=str(data_dir), project=project)
+    feast = FeastStore(profile="local", data_dir=data_dir, project=project, registry_url="", ray_address="")
     with stages.stage("feast apply"):
         objects, _ = feast_objects({group.name: lake.table_path(group.name) for group in FEATURE_GROUPS})
         feast.store().apply(objects)

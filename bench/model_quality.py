@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.tree import DecisionTreeClassifier
 
 from bench.common import (
     Stages,
@@ -37,9 +36,15 @@ from bench.common import (
     simulator_config,
 )
 from bench.results import write_result
-from feature_repo.windows import MODEL_FEATURES
 from modeling.split import HANDBOOK_SPLIT, train_test_split
-from modeling.train import LABEL, evaluate, fit_logistic_regression, select_params, train_and_evaluate
+from modeling.train import (
+    LABEL,
+    evaluate,
+    fit_decision_tree,
+    fit_logistic_regression,
+    select_params,
+    train_and_evaluate,
+)
 from simulator import simulate
 
 METRICS = {"roc_auc": "ROC AUC", "average_precision": "average precision", "card_precision_at_100": "CP@100"}
@@ -155,9 +160,7 @@ def main(argv: list[str] | None = None) -> ModelQualityBench:
         metrics = evaluate(fit_logistic_regression(train, args.seed), test)
     results.append(ModelResult("logistic regression", "baseline", metrics))
     with stages.stage("decision tree fit and test"):
-        tree = DecisionTreeClassifier(max_depth=2, random_state=args.seed)
-        tree.fit(train[list(MODEL_FEATURES)], train[LABEL])
-        metrics = evaluate(tree, test)
+        metrics = evaluate(fit_decision_tree(train, args.seed), test)
     results.append(ModelResult("decision tree, depth 2", "baseline", metrics))
     metrics = evaluate(AmountRule(), test)
     results.append(ModelResult(f"rule: amount > {AMOUNT_THRESHOLD:.0f}", "no training", metrics))

@@ -36,8 +36,9 @@ import pandas as pd
 from bench.common import markdown_table, quiet_warnings
 from bench.results import add_results_argument, write_result
 from feature_repo.windows import MODEL_FEATURES, WINDOWS_DAYS
-from monitoring.drift import KS_ALERT, PSI_ALERT, ReferenceProfile, feature_drift
+from monitoring.drift import ReferenceProfile, feature_drift
 from monitoring.evidently_report import evidently_drift_report
+from settings import MonitoringSettings
 
 TARGET_SECONDS = 10.0
 ROWS = 1_000_000
@@ -51,6 +52,9 @@ behind), 60% more transactions per card in the last day, and a wave of compromis
 terminals in the last day's risk window (27% of transactions instead of 2%)."""
 
 T = TypeVar("T")
+
+THRESHOLDS = MonitoringSettings()
+"""The monitoring assets' defaults: the bench judges drift as they do."""
 
 OURS = "monitoring.drift (PSI + exact KS)"
 EVIDENTLY = "Evidently DataDriftPreset"
@@ -149,7 +153,7 @@ def _ours(reference: pd.DataFrame, current: pd.DataFrame) -> tuple[Seconds, Seco
     """Seconds to build the reference profile and to measure the batch's drift, and what drifted."""
     profile, build = _timed(lambda: ReferenceProfile.from_frame(reference, MODEL_FEATURES))
     drift, batch = _timed(lambda: feature_drift(profile, current))
-    return build, batch, tuple(drift.drifted())
+    return build, batch, tuple(drift.drifted(THRESHOLDS.psi_threshold, THRESHOLDS.ks_threshold))
 
 
 def _ks_max_difference(reference: pd.DataFrame, current: pd.DataFrame) -> float:
@@ -221,7 +225,8 @@ def _report(timings: list[Timing], checks: list[tuple[bool, str]], notes: list[s
         *(f"{'PASS' if passed else 'MISS'}  {text}" for passed, text in checks),
         "",
         f"shifted: {', '.join(SHIFTED)}",
-        f"found (ours: PSI > {PSI_ALERT} or KS > {KS_ALERT}; Evidently: its own test per column):",
+        f"found (ours: PSI > {THRESHOLDS.psi_threshold} or KS > {THRESHOLDS.ks_threshold}; "
+        "Evidently: its own test per column):",
         *found,
         *notes,
     ]

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import queue
-import re
 import resource
 import shutil
 import signal
@@ -71,6 +70,8 @@ amount moved by a cent per pass, so the result cache never answers a request it 
 BATCH_SIZES = (1_000, 5_000)
 SERVER_NICENESS = 15
 TARGET_RATE = 500.0
+RAY_EXPORT_WAIT_S = 2.5
+"""Seconds after a phase before the Ray variants' counters are read: two of the agents' export periods."""
 READY_TIMEOUT_S = 300.0
 IDLE_CORES = 0.3
 """Below this a server counts as idle; an idle Ray instance stays under it here."""
@@ -205,10 +206,11 @@ def prepare(data_dir: Path, args: argparse.Namespace, stages: Stages) -> Request
 
     from orchestration.profiles import build_resources
     from orchestration.runner import run_pipeline
+    from settings import load_settings
     from simulator import read_dataset, simulate, write_dataset
 
     quiet_warnings()
-    resources = build_resources("local", data_dir)
+    resources = build_resources(load_settings(profile="local", data_dir=data_dir))
     source = data_dir / "source"
     if (data_dir / "mlflow" / "mlflow.db").exists() and source.exists():
         dataset = f"the dataset in {data_dir}"
@@ -222,10 +224,12 @@ def prepare(data_dir: Path, args: argparse.Namespace, stages: Stages) -> Request
             data = simulate(config)
             write_dataset(data, source)
         with (
-            stages.stage("pipeline: features, Feast materialise, champion"),
+            stages.stage("pipeline: features, Feast registry, champion, deployment"),
             dg.instance_for_test() as instance,
         ):
             run_pipeline(resources, instance, FAST_MODEL, log_level="WARNING")
+        with stages.stage("Feast online store, for the naive baseline alone"):
+            materialize_feast(resources["feast"])
     events = data.events()
     with stages.stage("online event buffers"):
         online = resources["stream"].online()
@@ -238,6 +242,33 @@ def prepare(data_dir: Path, args: argparse.Namespace, stages: Stages) -> Request
             online.close()
     with stages.stage("request bodies"):
         return write_requests(events, data_dir / "bench", dataset)
+
+
+def materialize_feast(feast: Any) -> None:
+    """Feast's online store with each entity's latest values: what the naive baseline (a) reads.
+
+    The pipeline materialises nothing online (serving reads the online event buffers), so the
+    bench does it for the baseline alone, views switched to online first.
+    """
+    import pandas as pd
+    from feast import FeatureView
+
+    from feature_repo.definitions import feast_objects
+
+    store = feast.store()
+    objects, _ = feast_objects(feast.tables())
+    for view in objects:
+        if isinstance(view, FeatureView):
+            view.online = True
+    store.apply(objects)
+    latest = max(
+        pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"].max()
+        for path in feast.tables().values()
+    )
+    store.materialize(
+        start_date=(latest - pd.Timedelta(days=40)).to_pydatetime(),
+        end_date=(latest + pd.Timedelta(seconds=1)).to_pydatetime(),
+    )
 
 
 def write_requests(events: Any, out: Path, dataset: str, n: int = N_REQUESTS) -> Requests:
@@ -299,19 +330,21 @@ class NaiveScoring:
     """
 
     def __init__(self) -> None:
+        from feature_repo.store import FeastStore
         from feature_repo.windows import FEATURE_SERVICE_NAME
         from modeling import registry
-        from orchestration.profiles import active_profile, build_resources
+        from modeling.registry import ModelRegistry
+        from settings import load_settings
 
-        resources = build_resources(active_profile())
-        self.store = resources["feast"].store()
+        settings = load_settings()
+        self.store = FeastStore.from_settings(settings).store()
         self.feature_service = self.store.get_feature_service(FEATURE_SERVICE_NAME)
-        mlflow = resources["mlflow"]
-        mlflow.activate()
-        version = registry.alias_version(mlflow.client(), mlflow.model_name, registry.CHAMPION)
+        models = ModelRegistry.from_settings(settings)
+        models.activate()
+        version = registry.alias_version(models.client(), models.model_name, registry.CHAMPION)
         if version is None:
             raise RuntimeError("no champion in the registry")
-        self.model = registry.load_model(mlflow.model_name, version)
+        self.model = registry.load_model(models.model_name, version)
 
     async def __call__(self, request: Any) -> dict[str, Any]:
         import pandas as pd
@@ -371,13 +404,18 @@ def _wait_scoring(port: int, probe: bytes, timeout_s: float = READY_TIMEOUT_S) -
 def _serve_uvicorn(port: int, probe: bytes) -> None:
     import uvicorn
 
+    from modeling.registry import ModelRegistry, recorded_deployment
     from serving.api import build_api
-    from serving.config import ServingConfig
-    from serving.deploy import load_config, user_config
     from serving.service import ScoringService
+    from settings import load_settings
 
-    service = ScoringService.from_profile()
-    service.configure(ServingConfig.model_validate(user_config(load_config("local"))))
+    settings = load_settings()
+    service = ScoringService.from_settings(settings)
+    models = ModelRegistry.from_settings(settings)
+    deployment = recorded_deployment(models.client(), models.model_name)
+    if deployment is None:
+        raise RuntimeError("no deployment recorded in the registry")
+    service.configure(settings.serving.runtime.model_copy(update={"champion_version": deployment.champion}))
     server = uvicorn.Server(
         uvicorn.Config(build_api(service), host="127.0.0.1", port=port, workers=1, log_level="warning")
     )
@@ -402,21 +440,21 @@ def _serve_ray(kind: Kind, port: int, probe: bytes) -> None:
     import ray
     from ray import serve
 
-    from orchestration.profiles import build_resources
-    from serving.deploy import AliasWatcher, apply, load_config, start_local, with_user_config
-    from serving.model import ModelStore
+    from modeling.registry import ModelRegistry, recorded_deployment
+    from serving.deploy import ServeApi, serve_config, start_local
+    from settings import load_settings
 
+    settings = load_settings()  # the port and the dashboard's: this run's own (Server sets them)
+    start_local(settings)
+    api = ServeApi(settings)
     if kind == "naive":
-        start_local({"http_options": {"host": "127.0.0.1", "port": port}})
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(serve.deployment()(NaiveScoring).bind(), name="naive", route_prefix="/")
         applied = None
     else:
-        config = load_config("local")
-        config["http_options"]["port"] = port
-        start_local(config)
-        watcher = AliasWatcher(config, ModelStore(build_resources("local")["mlflow"]).alias)
-        watcher.sync()
-        applied = watcher.applied
+        models = ModelRegistry.from_settings(settings)
+        applied = serve_config(settings, recorded_deployment(models.client(), models.model_name))
+        api.deploy(applied)
     _wait_scoring(port, probe)
     _say("ready")
     for line in sys.stdin:
@@ -424,7 +462,9 @@ def _serve_ray(kind: Kind, port: int, probe: bytes) -> None:
         if command == "stop":
             break
         if command == "unbatched" and applied is not None:
-            apply(with_user_config(applied, max_batch_size=1))
+            deployment = applied["applications"][0]["deployments"][0]
+            deployment["user_config"] = {**deployment["user_config"], "max_batch_size": 1}
+            api.deploy(applied)
             _say("ok")
     # No serve.shutdown(): its graceful drain takes tens of seconds and nothing here needs it.
     ray.shutdown()
@@ -472,12 +512,23 @@ class Server:
     def __init__(self, variant: Variant, data_dir: Path, requests: Requests) -> None:
         self.variant = variant
         self.port = _free_port()
+        self.ray_metrics_port = _free_port()
+        self.metrics_url = (
+            f"http://127.0.0.1:{self.port}/metrics"
+            if variant.kind == "uvicorn"
+            else f"http://127.0.0.1:{self.ray_metrics_port}/metrics"
+        )
         self.log_path = data_dir / f"{variant.key}.log"
         self.log: IO[str] = self.log_path.open("w")
         env = {
             **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
             "FRAUDPIPE_PROFILE": "local",
             "FRAUDPIPE_DATA_DIR": str(data_dir),
+            "FRAUDPIPE_SERVING__PORT": str(self.port),
+            "FRAUDPIPE_SERVING__RAY_DASHBOARD_PORT": str(_free_port()),
+            "FRAUDPIPE_SERVING__RAY_METRICS_PORT": str(self.ray_metrics_port),
+            # Ray's metrics agents export every second instead of every 10: phases are a few seconds.
+            "RAY_metrics_report_interval_ms": "1000",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             **variant.env,
@@ -552,21 +603,26 @@ class Server:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-_METRIC = re.compile(
-    r"^(fraudpipe_serve_batch_size_(?:sum|count)"
-    r"|fraudpipe_serve_cache_lookups_total\{result=\"(?:hit|miss)\"\}) (\S+)$",
-    re.M,
-)
+def _scrape(url: str) -> dict[str, float]:
+    """Batch-size and cache counters summed over every replica the endpoint exports (empty if none).
 
+    The Ray variants' endpoint is the node's metrics agent, the uvicorn one the app's own /metrics.
+    """
+    from serving.metrics import BATCH_SIZE, CACHE, series_samples
 
-def _scrape(port: int) -> dict[str, float]:
-    """The replica's batch-size and cache counters (empty where the server has no /metrics)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
     except (OSError, urllib.error.HTTPError):
         return {}
-    return {name: float(value) for name, value in _METRIC.findall(text)}
+    totals = {
+        "batch_sum": sum(v for _, v in series_samples(text, f"{BATCH_SIZE.exported}_sum")),
+        "batch_count": sum(v for _, v in series_samples(text, f"{BATCH_SIZE.exported}_count")),
+    }
+    for labels, value in series_samples(text, f"{CACHE.exported}_total"):
+        key = f"cache_{labels.get('result')}"
+        totals[key] = totals.get(key, 0.0) + value
+    return totals
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -607,14 +663,16 @@ def _measure(server: Server, phase: Phase, spec: LoadSpec) -> Measurement:
     `other_cores` is the machine's busy time less the server's, the
     generator's and this process's: load from outside the benchmark.
     """
-    before = _scrape(server.port) if server.variant.kind != "naive" else {}
+    before = _scrape(server.metrics_url) if server.variant.kind != "naive" else {}
     cpu_before, started = (*_cpu_seconds(server.process.pid), _own_and_children_cpu()), time.perf_counter()
     result = run_in_process(spec, ROOT)
     cpu_after, elapsed = (
         (*_cpu_seconds(server.process.pid), _own_and_children_cpu()),
         time.perf_counter() - started,
     )
-    after = _scrape(server.port) if before else {}
+    if before and server.variant.kind != "uvicorn":
+        time.sleep(RAY_EXPORT_WAIT_S)  # Ray's metrics agents export what the replicas counted every second
+    after = _scrape(server.metrics_url) if before else {}
     busy, server_s, ours = (b - a for a, b in zip(cpu_before, cpu_after, strict=True))
     measurement = Measurement(
         server.variant,
@@ -628,10 +686,10 @@ def _measure(server: Server, phase: Phase, spec: LoadSpec) -> Measurement:
         def delta(name: str) -> float:
             return after.get(name, 0.0) - before.get(name, 0.0)
 
-        batches = delta("fraudpipe_serve_batch_size_count")
-        hits = delta('fraudpipe_serve_cache_lookups_total{result="hit"}')
-        lookups = hits + delta('fraudpipe_serve_cache_lookups_total{result="miss"}')
-        measurement.mean_batch = delta("fraudpipe_serve_batch_size_sum") / batches if batches else None
+        batches = delta("batch_count")
+        hits = delta("cache_hit")
+        lookups = hits + delta("cache_miss")
+        measurement.mean_batch = delta("batch_sum") / batches if batches else None
         measurement.cache_hit_share = hits / lookups if lookups else None
     return measurement
 

@@ -18,17 +18,13 @@ import great_expectations.expectations as gxe
 import pandas as pd
 
 from expectations.runner import new_suite
+from expectations.timestamps import lenient_utc
+from feature_repo.contract import MAX_AMOUNT, MAX_FIELD_CHARS, REPORT_FIELDS, TRANSACTION_FIELDS
 from feature_repo.windows import LABEL_DELAY_DAYS, MODEL_FEATURES, Aggregation, FeatureGroup
-from orchestration.timestamps import lenient_utc
-
-TRANSACTION_FIELDS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT")
-REPORT_FIELDS = ("TRANSACTION_ID", "REPORT_DATETIME")
 
 INTEGER_TEXT = r"^\d+$"
 NUMBER_TEXT = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 AWARE_TIMESTAMP_TEXT = r"([+-]\d{2}:?\d{2}|Z|UTC)$"
-MAX_FIELD_CHARS = 64
-MAX_AMOUNT = 10_000_000
 RAW = "__raw"
 
 
@@ -146,7 +142,10 @@ def raw_transactions_suite(
             column="TX_AMOUNT", min_value=0, description="must not be negative"
         ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="TX_AMOUNT", max_value=MAX_AMOUNT, description=f"must be at most {MAX_AMOUNT:,.0f}"
+            column="TX_AMOUNT",
+            max_value=MAX_AMOUNT,
+            strict_max=True,
+            description=f"must be less than {MAX_AMOUNT:,.0f}",
         ),
         gxe.ExpectColumnValuesToBeInSet(
             column="CUSTOMER_ID", value_set=sorted(set(customers)), description="must be a known customer"

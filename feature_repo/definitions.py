@@ -2,7 +2,8 @@
 
 Nothing here names a feature by hand: each feature view is built from a
 `FeatureGroup`, so adding a window to `windows.py` adds it to the offline
-engine, the registry and the feature service at once.
+engine, the registry and the feature service at once. `repo.py` puts the
+same objects at module level for Feast's CLI.
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def entity_for(group: FeatureGroup) -> Entity:
 
 
 def feature_view_for(group: FeatureGroup, table: Path) -> FeatureView:
-    """The group's view over its offline table; rows older than its horizon are stale."""
+    """The group's view over its offline table; rows older than its horizon are stale.
+
+    Offline only: serving reads the online event buffers, not Feast's online store.
+    """
     return FeatureView(
         name=group.name,
         entities=[entity_for(group)],
@@ -70,7 +74,7 @@ def feature_view_for(group: FeatureGroup, table: Path) -> FeatureView:
             path=str(table.resolve()),
             timestamp_field=FEATURE_TIMESTAMP,
         ),
-        online=True,
+        online=False,
     )
 
 

@@ -339,7 +339,7 @@ def feature_table(
 
     One row per distinct (entity, event time): the features including every
     event at that instant. A point-in-time join at an event's own timestamp
-    reads exactly the window USE_CASE.md defines.
+    reads exactly the window docs/use_case.md defines.
     """
     labels = None
     if group.uses_labels:

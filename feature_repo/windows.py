@@ -77,7 +77,7 @@ class FeatureGroup:
         return [f.name for f in self.features]
 
 
-# --- Fraud use case (USE_CASE.md): the only fraud-specific part of this module.
+# --- Fraud use case (docs/use_case.md): the only fraud-specific part of this module.
 
 WINDOWS_DAYS = (1, 7, 30)
 LABEL_DELAY_DAYS = 7

@@ -18,12 +18,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from settings import ProfileName
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DOCKER_DIR = PROJECT_ROOT / "infra" / "docker"
 RAY_DOCKERFILE = DOCKER_DIR / "ray.Dockerfile"
 
 # The profile the containers run: the prod stores, reached over the cluster's network.
-PROFILE = "cluster"
+PROFILE: ProfileName = "cluster"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from infra import rayservice
 from infra.cluster import PROFILE, PROJECT_ROOT, ClusterSettings, container_security, pod_security
 from infra.rayservice import driver_env
 from infra.stores import POSTGRES_NAME, POSTGRES_PORT
@@ -91,6 +92,11 @@ def render(
     profile_env = [
         {"name": "FRAUDPIPE_PROFILE", "value": PROFILE},
         {"name": "FRAUDPIPE_DATA_DIR", "value": settings.data_dir},
+        # The `deployment` asset patches the RayService (KubeRay deploys it) with the same config
+        # the manifests render, the pods' proxy bound to the pod IP.
+        {"name": "FRAUDPIPE_SERVING__RAYSERVICE", "value": rayservice.NAME},
+        {"name": "FRAUDPIPE_SERVING__NAMESPACE", "value": settings.namespace},
+        {"name": "FRAUDPIPE_SERVING__HOST", "value": "0.0.0.0"},
     ]
     ray_env = driver_env(settings)
     data_volume = {"name": "data", "persistentVolumeClaim": {"claimName": settings.data_claim}}

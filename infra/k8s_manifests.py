@@ -18,8 +18,8 @@ import yaml
 
 from infra import dagster_values, rayservice, stores
 from infra.cluster import PROJECT_ROOT, ClusterSettings, dockerfile_ray_version
+from settings import StreamSettings
 from streaming.bus import TOPICS
-from streaming.resources import StreamResource
 
 OUT_DIR = PROJECT_ROOT / "infra" / "k8s"
 
@@ -41,8 +41,8 @@ class Rendered:
 
 
 def bus_topics() -> tuple[str, ...]:
-    """The topic names the stream consumer and producers use (streaming.resources.StreamResource)."""
-    prefix = StreamResource.model_fields["topic_prefix"].default
+    """The topic names the stream consumer and producers use (their prefix: `settings.StreamSettings`)."""
+    prefix = StreamSettings.model_fields["topic_prefix"].default
     return TOPICS.prefixed(prefix).names()
 
 
@@ -86,14 +86,14 @@ def render_all(settings: ClusterSettings | None = None) -> list[Rendered]:
             "redis.yaml",
             (cluster,),
             (
-                "Redis for the Feast online store, the online event buffers and, if chosen, the bus.",
+                "Redis for the online event buffers and, if chosen, the bus.",
                 f"Password: Secret {settings.redis_secret}, key password (put it in the redis:// URLs too).",
             ),
             stores.redis(settings),
         ),
         Rendered(
             "kafka-topics.yaml",
-            ("streaming/resources.py", cluster),
+            ("settings/stream.py", cluster),
             (
                 f"The bus topics, for the Strimzi Kafka cluster `{settings.kafka_cluster}` that your Strimzi",
                 "operator runs in this namespace; partitions and replicas are ClusterSettings fields.",
@@ -108,14 +108,14 @@ def render_all(settings: ClusterSettings | None = None) -> list[Rendered]:
         ),
         Rendered(
             "rayservice.yaml",
-            ("serving/config/cluster.yaml", cluster),
+            ("settings/serving.py", "serving/deploy.py", cluster),
             (
-                "serveConfigV2 is serving/config/cluster.yaml with two changes only:",
-                "- http_options.host is 0.0.0.0: inside a pod the Kubernetes Service is the boundary,",
-                "  and KubeRay's serve Service reaches the proxy on the pod IP;",
-                f"- the application's runtime_env sets FRAUDPIPE_PROFILE=cluster and FRAUDPIPE_DATA_DIR="
-                f"{settings.data_dir},",
-                "  the shared volume of data-volume.yaml mounted in every Ray pod.",
+                "serveConfigV2 is the cluster profile's Serve config (serving.deploy.serve_config) with",
+                "http_options.host 0.0.0.0: inside a pod the Kubernetes Service is the boundary, and",
+                "KubeRay's serve Service reaches the proxy on the pod IP. Its runtime_env sets",
+                f"FRAUDPIPE_PROFILE=cluster and FRAUDPIPE_DATA_DIR={settings.data_dir}, the shared volume of",
+                "data-volume.yaml mounted in every Ray pod. The `deployment` asset patches the pinned",
+                "versions.",
                 f"Secrets: the FRAUDPIPE_* URLs come from Secret {settings.env_secret} (envFrom).",
                 f"Ray's token auth is on, the token in Secret {settings.ray_token_secret} (authOptions,",
                 "KubeRay >= 1.6).",

@@ -1,17 +1,17 @@
 """The KubeRay `RayService`: the cluster profile's Serve config on an autoscaling Ray cluster.
 
-`serveConfigV2` is serving/config/cluster.yaml itself, changed in two places
-only: the proxy binds 0.0.0.0 (inside a pod the Kubernetes Service is the
-boundary, and KubeRay's serve Service reaches the proxy on the pod IP), and the
-application's runtime environment names the profile and the shared data
-directory, as `make serve` does for a local Ray. Serve scales replicas on
+`serveConfigV2` is the cluster profile's Serve config as `serving.deploy.serve_config`
+renders it from the settings, with one change: the proxy binds 0.0.0.0 (inside a
+pod the Kubernetes Service is the boundary, and KubeRay's serve Service reaches
+the proxy on the pod IP). Its runtime environment names the profile and the
+shared data directory. The `deployment` asset patches its pinned versions
+(`serving.deploy.rayservice_patch`). Serve scales replicas on
 requests in flight (`autoscaling_config`); the in-tree Ray autoscaler adds and
 removes worker pods to fit them.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +19,35 @@ import yaml
 
 from infra.cluster import (
     PROFILE,
-    PROJECT_ROOT,
     ClusterSettings,
     WorkerGroup,
     container_security,
     pod_security,
 )
+from serving import deploy
+from settings import ServingSettings, Settings
 
-SERVE_CONFIG = PROJECT_ROOT / "serving" / "config" / "cluster.yaml"
 RAY_UID = 1000  # the `ray` user of the rayproject/ray images
 RAY_GID = 100  # its group, `users`
 NAME = "fraudpipe"
 
 
-def serve_config(settings: ClusterSettings, path: Path = SERVE_CONFIG) -> dict[str, Any]:
-    """The Serve config as the cluster runs it: the file's, with the pod's bind address and env."""
-    config = copy.deepcopy(yaml.safe_load(path.read_text()))
-    config.setdefault("http_options", {})["host"] = "0.0.0.0"
-    for app in config["applications"]:
-        env = app.setdefault("runtime_env", {}).setdefault("env_vars", {})
-        env["FRAUDPIPE_PROFILE"] = PROFILE
-        env["FRAUDPIPE_DATA_DIR"] = settings.data_dir
-    return config
+def profile_settings(settings: ClusterSettings) -> Settings:
+    """The settings the cluster's pods run with, as far as the Serve config needs them.
+
+    Built without reading this machine's environment (`model_construct`: defaults and these fields
+    only), so the rendered manifests are the same wherever they are rendered.
+    """
+    return Settings.model_construct(
+        profile=PROFILE,
+        data_dir=Path(settings.data_dir),
+        serving=ServingSettings(host="0.0.0.0"),
+    )
+
+
+def serve_config(settings: ClusterSettings) -> dict[str, Any]:
+    """The Serve config as the cluster runs it (no versions pinned: the `deployment` asset patches them)."""
+    return deploy.serve_config(profile_settings(settings))
 
 
 def driver_env(settings: ClusterSettings) -> list[dict[str, Any]]:
@@ -58,8 +65,8 @@ def driver_env(settings: ClusterSettings) -> list[dict[str, Any]]:
     ]
 
 
-def render(settings: ClusterSettings, path: Path = SERVE_CONFIG) -> dict[str, Any]:
-    config = serve_config(settings, path)
+def render(settings: ClusterSettings) -> dict[str, Any]:
+    config = serve_config(settings)
     serve_port = int(config["http_options"].get("port", 8000))
     head_ports = [
         {"name": "gcs-server", "containerPort": 6379},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,49 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from settings import Settings
+
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
+DEPLOYMENT_TAG = "deployment"
+"""Registered-model tag holding the versions serving must run: the deployment's desired state."""
+
+
+@dataclass(frozen=True)
+class ModelRegistry:
+    """The profile's MLflow tracking store and model registry (SQLite locally, PostgreSQL in prod)."""
+
+    tracking_uri: str
+    artifact_root: Path
+    model_name: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
+        return cls(settings.mlflow_tracking_uri(), settings.mlflow_artifact_root, settings.model_name)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.model_name
+
+    def activate(self) -> str:
+        """Point the mlflow client at this store and return the experiment id."""
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        experiment = mlflow.get_experiment_by_name(self.experiment_name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        self.artifact_root.mkdir(parents=True, exist_ok=True)
+        return str(
+            mlflow.create_experiment(
+                self.experiment_name, artifact_location=self.artifact_root.resolve().as_uri()
+            )
+        )
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
 
 def register_model(
@@ -125,3 +166,29 @@ def rollback(client: MlflowClient, model_name: str) -> tuple[str, str]:
     client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(history[:-1]))
     client.set_model_version_tag(model_name, current, "rolled_back", "true")
     return current, restored
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The model versions serving is pinned to; `challenger` None when there is none."""
+
+    champion: str
+    challenger: str | None
+
+
+def record_deployment(client: MlflowClient, model_name: str, deployment: Deployment) -> None:
+    """Record the versions serving must run, where every deployer (and `make serve`) finds them."""
+    value = json.dumps({"champion": deployment.champion, "challenger": deployment.challenger})
+    client.set_registered_model_tag(model_name, DEPLOYMENT_TAG, value)
+
+
+def recorded_deployment(client: MlflowClient, model_name: str) -> Deployment | None:
+    """The versions last recorded by `record_deployment`; None before the first deployment."""
+    try:
+        value = client.get_registered_model(model_name).tags.get(DEPLOYMENT_TAG)
+    except MlflowException:
+        return None
+    if not value:
+        return None
+    fields = json.loads(value)
+    return Deployment(str(fields["champion"]), fields.get("challenger"))

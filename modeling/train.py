@@ -13,6 +13,7 @@ import xgboost as xgb
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.tree import DecisionTreeClassifier
 
 from feature_repo.windows import LABEL, MODEL_FEATURES
 from modeling.metrics import fraud_metrics
@@ -44,6 +45,13 @@ def fit_xgboost(
 def fit_logistic_regression(train: pd.DataFrame, seed: int = 0) -> Pipeline:
     """The baseline: standardised features into a logistic regression."""
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    model.fit(train[list(MODEL_FEATURES)], train[LABEL])
+    return model
+
+
+def fit_decision_tree(train: pd.DataFrame, seed: int = 0) -> DecisionTreeClassifier:
+    """The handbook's first model: a depth-2 decision tree, the floor a first champion must beat."""
+    model = DecisionTreeClassifier(max_depth=2, random_state=seed)
     model.fit(train[list(MODEL_FEATURES)], train[LABEL])
     return model
 

@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 from prometheus_client import CollectorRegistry, start_http_server
 
-from monitoring.exporter import DEFAULT_PORT, MonitoringCollector
+from monitoring.exporter import MonitoringCollector
+from settings import SettingsError, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -24,20 +25,27 @@ def main() -> None:
 @app.command()
 def export(
     metrics_path: Annotated[
-        Path,
+        Path | None,
         typer.Option(
-            help="The monitoring assets' table, <lake root>/monitoring_metrics.parquet (may not exist yet)."
+            help="The monitoring assets' table; default <lake>/monitoring_metrics.parquet (may be missing)."
         ),
-    ],
+    ] = None,
     port: Annotated[
-        int, typer.Option(min=0, max=65535, help="Port of /metrics; 0 picks a free one.")
-    ] = DEFAULT_PORT,
+        int | None,
+        typer.Option(min=0, max=65535, help="Port of /metrics; default FRAUDPIPE_MONITORING__EXPORTER_PORT."),
+    ] = None,
     host: Annotated[
         str,
         typer.Option(help="Interface to bind; loopback unless a Prometheus on another machine scrapes it."),
     ] = "127.0.0.1",
 ) -> None:
     """Serve the latest day of every monitoring metric as gauges until SIGTERM or Ctrl-C."""
+    try:
+        settings = load_settings()
+    except SettingsError as err:
+        raise typer.BadParameter(str(err)) from None
+    metrics_path = metrics_path or settings.lake_root / "monitoring_metrics.parquet"
+    port = settings.monitoring.exporter_port if port is None else port
     registry = CollectorRegistry()
     registry.register(MonitoringCollector(metrics_path))
     stop = threading.Event()

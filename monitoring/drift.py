@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from settings import MonitoringSettings
+
 DEFAULT_BINS = 10
-DEFAULT_MIN_ROWS = 200
+DEFAULT_MIN_ROWS: int = MonitoringSettings.model_fields["min_rows"].default
 
 PSI_EPSILON = 1e-4
 """Floor on each bin's proportion (both sides) before PSI's logarithm.
@@ -36,21 +36,10 @@ finite and bounded: a bin that held 10% of the reference and is empty now
 adds (0.1 - 1e-4) * ln(0.1 / 1e-4) = 0.69, clearly over any alert threshold.
 """
 
-PSI_ALERT = 0.2
-"""The conventional PSI over which a population has shifted enough to act (0.1-0.2 is "watch")."""
-
-KS_ALERT = 0.1
-"""KS distance over which a feature has drifted: a tenth of the population moved across some value.
-
-A p-value threshold would flag everything at a million rows; a distance does not grow with the batch.
-"""
-
 KS_FINITE_N_LIMIT = 10_000
 """Largest effective sample size whose KS p-value uses the finite-n distribution (see `_ks_pvalue`)."""
 
 SCORE_COLUMN = "score"
-
-_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -138,8 +127,12 @@ class DriftResult:
         measured = [f.psi for f in self.features.values() if f.measured]
         return max(measured) if measured else None
 
-    def drifted(self, psi_threshold: float = PSI_ALERT, ks_threshold: float = KS_ALERT) -> list[str]:
-        """Measured features with PSI or KS over its threshold, largest PSI first."""
+    def drifted(self, psi_threshold: float, ks_threshold: float) -> list[str]:
+        """Measured features with PSI or KS over its threshold, largest PSI first.
+
+        The thresholds are the monitoring settings' (`settings.MonitoringSettings`). KS is a
+        distance here, not a p-value: a p-value flags everything at a million rows.
+        """
         over = [
             (name, f.psi)
             for name, f in self.features.items()
@@ -268,54 +261,6 @@ class ReferenceProfile:
                 raise ValueError(f"reference column {name!r} has no finite value to profile")
             profiles[name] = _profile_column(raw, bins)
         return cls(profiles, bins)
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain arrays (numbers and unicode names only) that `from_arrays` reads back."""
-        arrays: dict[str, np.ndarray] = {
-            "format_version": np.asarray(_FORMAT_VERSION),
-            "bins": np.asarray(self.bins),
-            "columns": np.asarray(list(self.columns), dtype=np.str_),
-        }
-        for i, column in enumerate(self.columns.values()):
-            arrays[f"{i}.edges"] = column.edges
-            arrays[f"{i}.proportions"] = column.proportions
-            arrays[f"{i}.values"] = column.values
-            arrays[f"{i}.cumulative_counts"] = column.cumulative_counts
-            arrays[f"{i}.n_dropped"] = np.asarray(column.n_dropped)
-        return arrays
-
-    @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ReferenceProfile:
-        """The profile `to_arrays` wrote.
-
-        Raises:
-            ValueError: the arrays are of another format version.
-        """
-        version = int(arrays["format_version"])
-        if version != _FORMAT_VERSION:
-            raise ValueError(f"format_version: expected {_FORMAT_VERSION}, got {version}")
-        columns = {
-            str(name): ColumnProfile(
-                edges=np.asarray(arrays[f"{i}.edges"], dtype=np.float64),
-                proportions=np.asarray(arrays[f"{i}.proportions"], dtype=np.float64),
-                values=np.asarray(arrays[f"{i}.values"], dtype=np.float64),
-                cumulative_counts=np.asarray(arrays[f"{i}.cumulative_counts"], dtype=np.int64),
-                n_dropped=int(arrays[f"{i}.n_dropped"]),
-            )
-            for i, name in enumerate(arrays["columns"])
-        }
-        return cls(columns, int(arrays["bins"]))
-
-    def save(self, path: Path) -> None:
-        """Write the profile as an uncompressed npz: compressing a million distinct amounts gains little."""
-        arrays: dict[str, Any] = self.to_arrays()  # Any: numpy's stubs type **kwds as allow_pickle's bool
-        with Path(path).open("wb") as file:
-            np.savez(file, allow_pickle=False, **arrays)
-
-    @classmethod
-    def load(cls, path: Path) -> ReferenceProfile:
-        with np.load(Path(path), allow_pickle=False) as data:
-            return cls.from_arrays({key: data[key] for key in data.files})
 
 
 def _check_columns(frame: pd.DataFrame, columns: Sequence[str], which: str) -> None:

@@ -40,7 +40,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-DEFAULT_PORT = 9465
 """Next to the stream consumer's 9464, so one Prometheus config scrapes all three on one machine."""
 
 FEATURE_METRICS = ("psi", "ks")

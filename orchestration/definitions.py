@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets import features, ingestion, monitoring, serving, stream, training, training_set, validation
 from orchestration.jobs import (
+    deployment_job,
     ingestion_job,
     monitoring_job,
     retraining_job,
@@ -13,9 +14,10 @@ from orchestration.jobs import (
     training_job,
 )
 from orchestration.monitoring_runs import monitoring_after_ingestion
-from orchestration.profiles import active_profile, build_resources
+from orchestration.profiles import build_resources
 from orchestration.retraining import RETRAINING_SENSORS
 from orchestration.sensors import stream_landing_sensor
+from settings import load_settings
 
 ASSET_MODULES = (ingestion, stream, features, training_set, training, serving, monitoring)
 
@@ -28,7 +30,14 @@ def build_definitions(resources: dict[str, object]) -> dg.Definitions:
             *dg.load_asset_checks_from_modules([training]),
             *validation.checks,
         ],
-        jobs=[ingestion_job, training_job, retraining_job, monitoring_job, serving_health_job],
+        jobs=[
+            ingestion_job,
+            training_job,
+            retraining_job,
+            deployment_job,
+            monitoring_job,
+            serving_health_job,
+        ],
         schedules=[
             dg.ScheduleDefinition(
                 job=serving_health_job,
@@ -43,4 +52,4 @@ def build_definitions(resources: dict[str, object]) -> dg.Definitions:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return build_definitions(build_resources(active_profile()))
+    return build_definitions(build_resources(load_settings()))

@@ -5,12 +5,18 @@ import dagster as dg
 from assets.partitions import daily_partitions
 
 RETRAINING_JOB = "retraining_job"
-TRAINING = dg.AssetSelection.groups("features", "training")
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+"""Dagster's tags of a partition-range run: where the stream sensor and the headless runner put the days."""
+TRAINING = dg.AssetSelection.groups("features", "training") | dg.AssetSelection.assets("deployment")
 
 training_job = dg.define_asset_job(
     "training_job",
     selection=TRAINING,
-    description="Features, point-in-time training set, model, registration and promotion gate.",
+    description=(
+        "Features, point-in-time training set, model, registration, the promotion gate, and, when the "
+        "challenger passes it, the new champion and its deployment."
+    ),
 )
 
 retraining_job = dg.define_asset_job(
@@ -18,7 +24,7 @@ retraining_job = dg.define_asset_job(
     selection=TRAINING,
     description=(
         "The training job on a recent window, launched by the drift, performance and label-volume "
-        "sensors: the promotion gate decides whether serving swaps."
+        "sensors: the promotion gate decides whether a new champion is deployed."
     ),
 )
 
@@ -33,6 +39,12 @@ monitoring_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("monitoring") - dg.AssetSelection.assets("serving_health"),
     partitions_def=daily_partitions,
     description="Prediction log, feature and prediction drift, live data quality and outcomes of days.",
+)
+
+deployment_job = dg.define_asset_job(
+    "deployment_job",
+    selection=dg.AssetSelection.assets("deployment"),
+    description="Pin the current champion and challenger into serving (`make rollback` runs it).",
 )
 
 serving_health_job = dg.define_asset_job(

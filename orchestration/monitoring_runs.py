@@ -8,8 +8,7 @@ import pandas as pd
 
 from assets.partitions import HISTORY_START
 from feature_repo.windows import LABEL_DELAY_DAYS
-from orchestration.jobs import ingestion_job, monitoring_job
-from orchestration.sensors import RANGE_END, RANGE_START
+from orchestration.jobs import RANGE_END, RANGE_START, ingestion_job, monitoring_job
 
 
 def monitoring_requests(run_id: str, first: str, last: str) -> list[dg.RunRequest]:

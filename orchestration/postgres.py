@@ -20,7 +20,7 @@ def ensure_database(url: str) -> bool:
     parsed = make_url(url)
     name = parsed.database
     if not name:
-        raise ValueError(f"{url!r} names no database")
+        raise ValueError(f"{parsed.render_as_string(hide_password=True)} names no database")
     server = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
     with psycopg.connect(server, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()

@@ -1,10 +1,12 @@
-"""Dagster resources: the pipeline's only doors to storage, Feast and MLflow.
+"""Dagster resources over the lake and the raw sources; the rest are the machinery's own objects.
 
-Each is a `ConfigurableResource` whose configuration differs by profile
-(`orchestration.profiles`), so assets never know which backend they talk to
-and tests swap a directory or a database URL instead of patching code.
-Feast and MLflow are imported where used: they take seconds to import, and
-processes that only read the profile (the stream consumer) never need them.
+`orchestration.profiles.build_resources` builds every resource from the
+settings: these two `ConfigurableResource`s for the lake and the sources,
+and, as plain resources, the settings themselves, the stream configuration
+(`streaming.config.StreamConfig`), the Feast store (`feature_repo.store`)
+and the model registry (`modeling.registry.ModelRegistry`). Assets never know
+which backend they talk to, and tests swap a directory or a URL in the
+settings instead of patching code.
 """
 
 from __future__ import annotations
@@ -13,22 +15,13 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from string import Template
-from typing import TYPE_CHECKING
 
 import dagster as dg
 import pandas as pd
-import yaml
 
-from orchestration.timestamps import lenient_utc
+from expectations.timestamps import lenient_utc
 from streaming.landing import TABLES as LANDING_TABLES
 from streaming.landing import StreamLanding
-
-if TYPE_CHECKING:
-    import mlflow
-    from feast import FeatureStore, RepoConfig
-
-FEATURE_REPO = Path(__file__).resolve().parent.parent / "feature_repo"
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -123,8 +116,8 @@ class EventSourceResource(dg.ConfigurableResource):
     """
 
     path: str
-    stream_path: str = ""
-    stream_grace_minutes: int = 60
+    stream_path: str
+    stream_grace_minutes: int
 
     def stream(self) -> StreamLanding | None:
         """The stream landing area, or None in file mode."""
@@ -185,137 +178,3 @@ class EventSourceResource(dg.ConfigurableResource):
         if early:
             by_day[max(days)] = pd.concat([by_day[max(days)], *early], ignore_index=True)
         return by_day
-
-
-class FeastResource(dg.ConfigurableResource):
-    """A Feast store from the profile's `feature_store.yaml`.
-
-    The yaml keeps `${...}` placeholders so one file per profile serves every
-    deployment; this resource fills them from its own configuration.
-    """
-
-    profile: str
-    data_dir: str
-    project: str = "fraudpipe"
-    registry_url: str = ""
-    redis_connection: str = ""
-    ray_address: str = ""
-
-    def yaml_path(self) -> Path:
-        return FEATURE_REPO / "profiles" / self.profile / "feature_store.yaml"
-
-    def repo_config(self) -> RepoConfig:
-        from feast import RepoConfig
-
-        text = Template(self.yaml_path().read_text()).substitute(
-            FEAST_PROJECT=self.project,
-            DATA_DIR=self.data_dir,
-            FEAST_REGISTRY_URL=self.registry_url,
-            REDIS_CONNECTION=self.redis_connection,
-            RAY_ADDRESS=self.ray_address,
-        )
-        config = RepoConfig(**yaml.safe_load(text))
-        config.repo_path = FEATURE_REPO
-        return config
-
-    def store(self) -> FeatureStore:
-        from feast import FeatureStore
-
-        (Path(self.data_dir) / "feast").mkdir(parents=True, exist_ok=True)
-        return FeatureStore(config=self.repo_config())
-
-
-class RayResource(dg.ConfigurableResource):
-    """The Ray cluster of the `cluster` profile, by the address of its head (`host:port`).
-
-    Drivers joining it need Ray's own token variables too (`RAY_AUTH_MODE=token`
-    and the cluster's `RAY_AUTH_TOKEN`): token authentication is never turned off.
-    """
-
-    address: str
-
-
-class MLflowResource(dg.ConfigurableResource):
-    """MLflow tracking and model registry (SQLite locally, PostgreSQL in prod)."""
-
-    tracking_uri: str
-    artifact_root: str
-    experiment_name: str = "fraud_model"
-    model_name: str = "fraud_model"
-
-    def activate(self) -> str:
-        """Point the mlflow client at this store and return the experiment id."""
-        import mlflow
-
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
-        experiment = mlflow.get_experiment_by_name(self.experiment_name)
-        if experiment is not None:
-            return str(experiment.experiment_id)
-        Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
-        return str(
-            mlflow.create_experiment(
-                self.experiment_name, artifact_location=Path(self.artifact_root).resolve().as_uri()
-            )
-        )
-
-    def client(self) -> mlflow.MlflowClient:
-        import mlflow
-
-        return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-
-
-class MonitoringResource(dg.ConfigurableResource):
-    """Thresholds of the monitors and the retraining policy: one place to tune the loop.
-
-    Days are simulated (event-time) days, so replays and live traffic follow
-    the same policy. The defaults are calibrated on the simulator's scenarios
-    (`tests/test_monitoring_scenarios.py`): no retraining over 30 days without
-    drift, a card-testing attack detected within 3 days of its onset.
-
-    Drift:
-        psi_threshold / ks_threshold: a feature drifts when either is exceeded
-            on a day's served features against the champion's training rows.
-        min_drifted_features: features that must drift together for the day
-            to count as drifted (one noisy feature is not an episode).
-        ignored_features: never judged: `TX_DURING_WEEKEND` is a calendar fact,
-            and a Saturday is not drift.
-        min_rows: a day with fewer finite rows is "insufficient data".
-        cooldown_days: after a drift- (or performance-) triggered retraining,
-            the same signal on the next days is the same episode, not a new trigger.
-    Performance (over days whose labels are complete):
-        performance_metric, performance_window_days: the champion's mean
-            daily metric over the last days;
-        performance_floor / performance_max_drop: it fires when that mean is
-            below the floor, or below the model's own test value by the drop.
-    Label volume:
-        label_volume_min_reports: fraud reports landed after the last
-            training set's label horizon that warrant retraining.
-    Retraining window (ending at the latest settled day):
-        retrain_train_days, retrain_test_days: the promotion gate judges the
-            challenger and the champion on the test days.
-    Serving:
-        flag_threshold: the decision threshold of serving, for the share flagged.
-        serve_url: Ray Serve's HTTP address: `serving_health` reads its /metrics,
-            the `scoring_service` observation its /readyz.
-        evidently_reports: also save Evidently's HTML drift report per day.
-    """
-
-    psi_threshold: float = 0.2
-    ks_threshold: float = 0.15
-    min_drifted_features: int = 2
-    ignored_features: list[str] = ["TX_DURING_WEEKEND"]
-    min_rows: int = 200
-    cooldown_days: int = 6
-    performance_metric: str = "average_precision"
-    performance_window_days: int = 3
-    performance_floor: float = 0.4
-    performance_max_drop: float = 0.3
-    label_volume_min_reports: int = 1500
-    retrain_train_days: int = 14
-    retrain_test_days: int = 3
-    flag_threshold: float = 0.5
-    serve_url: str = "http://127.0.0.1:8000"
-    evidently_reports: bool = True

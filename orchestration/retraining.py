@@ -46,8 +46,9 @@ import pandas as pd
 
 from feature_repo.windows import LABEL_DELAY_DAYS
 from orchestration.jobs import RETRAINING_JOB
-from orchestration.resources import LakeResource, MonitoringResource
+from orchestration.resources import LakeResource
 from orchestration.sensors import UNFINISHED
+from settings import MonitoringSettings
 
 TRIGGER_TAG = "fraudpipe/trigger"
 TRIGGER_DAY_TAG = "fraudpipe/trigger_day"
@@ -72,7 +73,7 @@ def latest_report_time(lake: LakeResource) -> pd.Timestamp | None:
     return None
 
 
-def retrain_run_config(lake: LakeResource, monitoring: MonitoringResource) -> dict[str, Any]:
+def retrain_run_config(lake: LakeResource, monitoring: MonitoringSettings) -> dict[str, Any]:
     """The model window of a retraining: train, then test, ending at the latest settled day."""
     latest = latest_report_time(lake)
     if latest is None:
@@ -89,7 +90,7 @@ def retrain_run_config(lake: LakeResource, monitoring: MonitoringResource) -> di
 
 
 def _request(
-    trigger: str, day: str, reason: str, run_key: str, lake: LakeResource, monitoring: MonitoringResource
+    trigger: str, day: str, reason: str, run_key: str, lake: LakeResource, monitoring: MonitoringSettings
 ) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=run_key,
@@ -141,7 +142,7 @@ def _materializations(
     description="Retrains when a day's served features drift from the champion's training rows.",
 )
 def drift_sensor(
-    context: dg.SensorEvaluationContext, lake: LakeResource, monitoring: MonitoringResource
+    context: dg.SensorEvaluationContext, lake: LakeResource, monitoring: dg.ResourceParam[MonitoringSettings]
 ) -> dg.SensorResult | dg.SkipReason:
     """Walks the new `feature_drift` materialisations one at a time, in storage order, and stops at
     the first that launches: the cursor never passes a drifted day it has not decided on, so a day
@@ -196,7 +197,7 @@ def _champion_series(
     ),
 )
 def performance_sensor(
-    context: dg.SensorEvaluationContext, lake: LakeResource, monitoring: MonitoringResource
+    context: dg.SensorEvaluationContext, lake: LakeResource, monitoring: dg.ResourceParam[MonitoringSettings]
 ) -> dg.SensorResult | dg.SkipReason:
     metric = monitoring.performance_metric
     # The whole history is re-read each tick (one record per labelled day): the window spans
@@ -252,7 +253,7 @@ def _label_horizon(context: dg.SensorEvaluationContext) -> str | None:
     description="Retrains when enough fraud reports have landed since the last training set's labels.",
 )
 def label_volume_sensor(
-    context: dg.SensorEvaluationContext, lake: LakeResource, monitoring: MonitoringResource
+    context: dg.SensorEvaluationContext, lake: LakeResource, monitoring: dg.ResourceParam[MonitoringSettings]
 ) -> dg.SensorResult | dg.SkipReason:
     horizon = _label_horizon(context)
     if horizon is None:

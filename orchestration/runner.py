@@ -9,11 +9,9 @@ import dagster as dg
 import pandas as pd
 
 from assets.partitions import HISTORY_START
+from expectations.timestamps import lenient_utc
 from orchestration.definitions import build_definitions
-from orchestration.timestamps import lenient_utc
-
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
+from orchestration.jobs import RANGE_END, RANGE_START
 
 
 def source_days(resources: Mapping[str, Any]) -> tuple[str, str]:

@@ -43,15 +43,12 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from assets.partitions import HISTORY_START
+from orchestration.jobs import RANGE_END, RANGE_START
 from orchestration.resources import EventSourceResource
 from streaming.landing import EVENT_TABLES, StreamLanding
 
 SENSOR_NAME = "stream_landing_sensor"
 LAUNCHED_BY = "fraudpipe/launched_by"
-# Dagster's partition-range run tags, as orchestration.runner names them; not imported from there,
-# since the runner imports the definitions that import this module.
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
 UNFINISHED = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import TypeAdapter
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.metrics import ServingMetrics
+from serving.metrics import REQUEST_SECONDS, ServingMetrics
 from serving.schemas import BatchRequest, BatchScores, Score, Transaction
 from serving.service import NotReadyError, RequestError, ScoringService
 
@@ -77,20 +78,40 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-class RequestMetrics:
-    """Latency by endpoint and status of `/v1/` requests, 413s included.
+UNMATCHED = "unmatched"
+"""The route label of a request that matched no route: a fixed one, so made-up paths add no series."""
 
+
+def route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
+    """The path template of the route that handled (or would handle) the request, e.g. `/v1/score`.
+
+    Routing leaves the matched route in `scope["route"]` (Starlette's router and
+    FastAPI's both set it, a 405's partial match included). A request refused
+    before routing (413) has none: it is matched against `routes` here.
+    """
+    route = scope.get("route")
+    if route is None:
+        route = next((r for r in routes if r.matches(scope)[0] is not Match.NONE), None)
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return template if isinstance(template, str) and template else UNMATCHED
+
+
+class RequestMetrics:
+    """Latency by route template and status of `/v1/` requests, 413s included.
+
+    Labelled by the matched route's template, never the raw path, which any
+    client could vary to create series without end; no route: `unmatched`.
     Plain ASGI rather than `@app.middleware("http")`, whose per-request task
     and stream wrapping cost the replica a few percent (bench.serve profile).
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.metrics = metrics
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/v1/"):
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -105,7 +126,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, sending)
         finally:
-            self.metrics.request_seconds.labels(path, str(status)).observe(time.perf_counter() - started)
+            endpoint = route_template(scope, self.routes)
+            self.metrics.request_seconds.labels(endpoint, str(status)).observe(time.perf_counter() - started)
             if status == 413:
                 self.metrics.errors.labels("too_large").inc()
 
@@ -196,10 +218,25 @@ def build_api(service: ScoringService, score_one: ScoreOne | None = None) -> Fas
         ready, detail = await asyncio.to_thread(service.ready)
         return JSONResponse({"ready": ready, "detail": detail}, status_code=200 if ready else 503)
 
-    @api.get("/metrics", response_class=PlainTextResponse)
+    @api.get("/metrics", response_class=PlainTextResponse, responses={404: {}})
     async def prometheus() -> Response:
+        """This process's serving metrics; in a Ray Serve replica, 404 with a pointer to Ray's endpoint.
+
+        404 in Ray: through the proxy this reaches one replica of several, so any
+        answer would pass one replica's numbers off as the service's, and a
+        scraper of this path must fail loudly rather than see a part.
+        """
+        if metrics.in_ray:
+            port = metrics.ray_metrics_port
+            where = f"port {port}" if port else "its metrics export port"
+            return PlainTextResponse(
+                f"Serving's metrics are exported by Ray's metrics agent of each node ({where}, "
+                f"path /metrics, names {REQUEST_SECONDS.exported}_* and the like), with every replica "
+                "of the node; a replica's /metrics would show one replica only.\n",
+                status_code=404,
+            )
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     api.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
-    api.add_middleware(RequestMetrics, metrics=metrics)
+    api.add_middleware(RequestMetrics, metrics=metrics, routes=api.router.routes)
     return api

@@ -1,9 +1,10 @@
-"""The Ray Serve application: `serve run serving.app:app` or a Serve config YAML (`serving/config/`).
+"""The Ray Serve application, deployed by `serving.deploy` with the config it renders from the settings.
 
 One deployment is ingress, batcher and scorer: a hop between deployments
 would cost more than the whole scoring path. `reconfigure` applies the
-`user_config` in place (model versions, rollout, batching, cache), which is
-how the champion moves without a redeploy.
+`user_config` in place (pinned model versions, rollout, batching, cache),
+which is how the champion moves without a redeploy; a replica serves only
+what its `user_config` pins.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from fastapi import FastAPI
 from ray import serve
 
 from serving.api import build_api
-from serving.config import ServingConfig
+from serving.metrics import ServingMetrics
 from serving.schemas import Score, Transaction
 from serving.service import NotReadyError, ScoringService
+from settings import ServingConfig, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +35,11 @@ logger = logging.getLogger(__name__)
 @serve.ingress()
 class FraudScoring:
     def __init__(self) -> None:
-        self.service = ScoringService.from_profile()
-        try:
-            self.service.configure(ServingConfig())
-        except NotReadyError as exc:  # no champion yet: up, not ready, until a config names one
-            logger.warning("replica started without a model: %s", exc)
+        # The versions come with the user_config (reconfigure, right after this): up, not ready, until then.
+        settings = load_settings()
+        # Through Ray Serve's metrics API: every replica of a node in one scrape of its metrics agent.
+        metrics = ServingMetrics.for_ray(settings.serving.ray_metrics_port)
+        self.service = ScoringService.from_settings(settings, metrics)
         # The imports and the model are here for the replica's life: frozen, the
         # garbage collector stops rescanning them, which otherwise stalls large batches.
         gc.freeze()
@@ -47,7 +49,10 @@ class FraudScoring:
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = ServingConfig.model_validate(user_config)
-        await asyncio.to_thread(self.service.configure, config)
+        try:
+            await asyncio.to_thread(self.service.configure, config)
+        except NotReadyError as exc:  # no version pinned yet: up, answering 503, until a deployment
+            logger.warning("replica without a model: %s", exc)
         # Methods @serve.batch adds to the batched method.
         self.score_one.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]
         self.score_one.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[attr-defined]

@@ -1,161 +1,194 @@
-"""Deploying the Serve config of a profile, and keeping its model versions on the registry's aliases.
+"""The Serve config of a profile, rendered from the settings, and its declarative deployment.
 
-The config is applied declaratively (as `serve deploy` does): its code version
-is the import path and runtime environment, so a later apply that changes only
-`user_config` reconfigures the running replicas in place instead of replacing
-them. The watcher turns every move of the `champion` or `challenger` alias
-(a promotion, `make rollback`) into such an apply: a hot swap with no restart.
+The config pins the champion and challenger versions in the deployment's
+`user_config`; it is applied through Serve's REST API (`PUT
+/api/serve/applications/` on Ray's dashboard, what `serve deploy` does), so a
+later apply that changes only `user_config` reconfigures the running replicas
+in place, and a replica added later (autoscaling, a crash) starts with the same
+pinned versions. No replica resolves a registry alias itself.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+import httpx
 import ray
 import yaml
-from ray import serve
-from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
-from modeling.registry import CHALLENGER, CHAMPION
-from orchestration.profiles import DEFAULT_DATA_DIR, ProfileName
+from modeling.registry import Deployment
+from settings import Settings
 
 logger = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).parent / "config"
 APP_NAME = "fraud"
 DEPLOYMENT = "FraudScoring"
+IMPORT_PATH = "serving.app:app"
+SERVE_API = "/api/serve/applications/"
 
 
-def load_config(profile: ProfileName, path: Path | None = None) -> dict[str, Any]:
-    """The Serve config of `profile` (or the file at `path`), with this process's profile settings passed on.
+def serve_config(settings: Settings, deployment: Deployment | None = None) -> dict[str, Any]:
+    """The profile's Serve config (`ServeDeploySchema`), with `deployment`'s versions pinned.
 
-    Replicas build their resources like every other process, from
-    FRAUDPIPE_PROFILE and FRAUDPIPE_DATA_DIR: both go into the application's
-    runtime environment, the data directory made absolute.
+    Replicas read the same settings as every process: the profile and the
+    data directory go into the application's runtime environment, the rest
+    comes from the nodes' environment (`FRAUDPIPE_*`).
     """
-    config = yaml.safe_load((path or CONFIG_DIR / f"{profile}.yaml").read_text())
-    env = application(config).setdefault("runtime_env", {}).setdefault("env_vars", {})
-    env["FRAUDPIPE_PROFILE"] = profile
-    env["FRAUDPIPE_DATA_DIR"] = str(Path(os.environ.get("FRAUDPIPE_DATA_DIR") or DEFAULT_DATA_DIR).resolve())
+    serving = settings.serving
+    runtime = serving.runtime.model_dump(mode="json")
+    if deployment is not None:
+        runtime.update(champion_version=deployment.champion, challenger_version=deployment.challenger)
+    scaling: dict[str, Any] = (
+        {
+            "autoscaling_config": {
+                "min_replicas": serving.min_replicas,
+                "max_replicas": serving.max_replicas,
+                "target_ongoing_requests": serving.target_ongoing_requests,
+                "upscale_delay_s": 10,
+                "downscale_delay_s": 300,
+            }
+        }
+        if settings.profile == "cluster"
+        else {"num_replicas": serving.replicas}
+    )
+    config = {
+        "proxy_location": "EveryNode" if settings.profile == "cluster" else "HeadOnly",
+        "http_options": {
+            "host": serving.host,
+            "port": serving.port,
+            "request_timeout_s": serving.request_timeout_s,
+        },
+        "logging_config": {"enable_access_log": serving.access_log},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": IMPORT_PATH,
+                "runtime_env": {
+                    "env_vars": {
+                        "FRAUDPIPE_PROFILE": settings.profile,
+                        "FRAUDPIPE_DATA_DIR": str(settings.data),
+                    }
+                },
+                "deployments": [
+                    {
+                        "name": DEPLOYMENT,
+                        **scaling,
+                        "max_ongoing_requests": serving.max_ongoing_requests,
+                        "max_queued_requests": serving.max_queued_requests,
+                        "ray_actor_options": {"num_cpus": serving.num_cpus, "num_gpus": serving.num_gpus},
+                        "user_config": runtime,
+                    }
+                ],
+            }
+        ],
+    }
     ServeDeploySchema.model_validate(config)
     return config
 
 
-def application(config: dict[str, Any]) -> dict[str, Any]:
-    return next(app for app in config["applications"] if app["name"] == APP_NAME)
+def pinned(config: dict[str, Any]) -> Deployment | None:
+    """The versions a Serve config pins; None when it pins no champion."""
+    application = next(app for app in config["applications"] if app["name"] == APP_NAME)
+    user_config = next(d for d in application["deployments"] if d["name"] == DEPLOYMENT).get(
+        "user_config", {}
+    )
+    champion = user_config.get("champion_version")
+    return Deployment(champion, user_config.get("challenger_version")) if champion else None
 
 
-def user_config(config: dict[str, Any]) -> dict[str, Any]:
-    deployment = next(d for d in application(config)["deployments"] if d["name"] == DEPLOYMENT)
-    return deployment.setdefault("user_config", {})
+def rayservice_patch(config: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch of a KubeRay `RayService` that makes it deploy `config` (its `serveConfigV2`).
 
-
-def with_user_config(config: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    """A copy of `config` with `fields` set in the scoring deployment's user_config."""
-    updated = copy.deepcopy(config)
-    user_config(updated).update(fields)
-    return updated
-
-
-def pin_versions(config: dict[str, Any], alias: Callable[[str], str | None]) -> dict[str, Any]:
-    """`config` with the champion and challenger versions the aliases point at now.
-
-    Versions written in the config file win: a pinned version stays pinned.
+    KubeRay owns the Serve application on Kubernetes: it applies `serveConfigV2`
+    to the cluster whenever it changes, a `user_config` change in place.
     """
-    current = user_config(config)
-    return with_user_config(
-        config,
-        champion_version=current.get("champion_version") or alias(CHAMPION),
-        challenger_version=current.get("challenger_version") or alias(CHALLENGER),
+    return {"spec": {"serveConfigV2": yaml.safe_dump(config, sort_keys=False)}}
+
+
+def patch_rayservice(settings: Settings, config: dict[str, Any]) -> None:
+    """Apply `rayservice_patch(config)` to the settings' RayService through the in-cluster Kubernetes API."""
+    from kubernetes import client
+    from kubernetes import config as kube_config
+
+    if settings.serving.rayservice is None:
+        raise ValueError("FRAUDPIPE_SERVING__RAYSERVICE names no RayService to patch")
+    kube_config.load_incluster_config()
+    client.CustomObjectsApi().patch_namespaced_custom_object(
+        group="ray.io",
+        version="v1",
+        namespace=settings.serving.namespace,
+        plural="rayservices",
+        name=settings.serving.rayservice,
+        body=rayservice_patch(config),
     )
 
 
-def start_local(config: dict[str, Any], num_cpus: int | None = None) -> None:
-    """A Ray instance on this machine, bound to 127.0.0.1, with Serve's proxy as the config asks.
+def start_local(settings: Settings, num_cpus: int | None = None) -> None:
+    """A Ray instance on this machine for the local and prod profiles, token authentication on.
 
-    Token authentication stays as Ray sets it for a new local cluster (on);
-    the dashboard is left out: nothing here needs it and it would be one more port.
+    Its dashboard answers on 127.0.0.1 only, where the deployer reaches Serve's REST API.
     """
     ray.init(
         num_cpus=num_cpus,
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=settings.serving.ray_dashboard_port,
+        # Where Prometheus (and `serving_health`) read every replica's metrics in one scrape.
+        _metrics_export_port=settings.serving.ray_metrics_port,
         _node_ip_address="127.0.0.1",
         logging_level=logging.WARNING,
         log_to_driver=True,
     )
-    http = config.get("http_options", {})
-    serve.start(http_options={"host": http.get("host", "127.0.0.1"), **http}, proxy_location="HeadOnly")
 
 
-def start_on_cluster(config: dict[str, Any], address: str) -> None:
-    """Join the Ray cluster at `address` and start Serve's proxies where the config says (cluster profile).
+class ServeApi:
+    """Serve's REST API on Ray's dashboard, authenticated with the cluster's token."""
 
-    Serve outlives this driver: leaving (or crashing) stops the alias
-    watcher, never the replicas. The proxies default to every node, so any
-    node behind a load balancer answers.
-    """
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    http = config.get("http_options", {})
-    serve.start(
-        http_options={"host": http.get("host", "127.0.0.1"), **http},
-        proxy_location=config.get("proxy_location", "EveryNode"),
-    )
+    def __init__(self, settings: Settings, timeout_s: float = 60.0) -> None:
+        # The first PUT starts Serve's controller and proxy before it answers: tens of seconds here.
+        token = settings.ray_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(base_url=settings.ray_dashboard_url, headers=headers, timeout=timeout_s)
 
+    def status(self) -> dict[str, Any] | None:
+        """The application's details (status, deployed config); None when Serve runs no such app."""
+        response = self._client.get(SERVE_API)
+        response.raise_for_status()
+        return response.json().get("applications", {}).get(APP_NAME)
 
-def apply(config: dict[str, Any], timeout_s: float = 120) -> None:
-    """Apply `config` to the Serve instance this process is connected to; returns once it runs it.
+    def running(self) -> Deployment | None:
+        """The versions the running application pins; None when it is not running or pins none."""
+        app = self.status()
+        if app is None or app.get("status") != "RUNNING" or not app.get("deployed_app_config"):
+            return None
+        return pinned({"applications": [{**app["deployed_app_config"], "name": APP_NAME}]})
 
-    "Runs it" means the application reports RUNNING for a deployment made
-    after this call (its `last_deployed_time_s` moved), not for the one before.
-    """
-    client = _get_global_client()
-    if client is None:
-        raise RuntimeError("Serve is not running: start it first (start_local, or ray start + serve start)")
-    previous = serve.status().applications.get(APP_NAME)
-    client.deploy_apps(ServeDeploySchema.model_validate(config))
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = serve.status().applications.get(APP_NAME)
-        fresh = status is not None and (
-            previous is None or status.last_deployed_time_s > previous.last_deployed_time_s
-        )
-        if fresh and status is not None and status.status == "RUNNING":
-            return
-        if fresh and status is not None and status.status == "DEPLOY_FAILED":
-            raise RuntimeError(f"{APP_NAME} failed to deploy: {status.message}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{APP_NAME} not running after {timeout_s}s: {status}")
-        time.sleep(0.2)
+    def deploy(self, config: dict[str, Any], timeout_s: float = 180) -> None:
+        """Apply `config` and return once the application runs it (status RUNNING after this apply).
 
+        Raises:
+            RuntimeError: the application failed to deploy.
+            TimeoutError: it was not running after `timeout_s`.
+            httpx.HTTPError: Ray's dashboard did not answer, or refused the token.
+        """
+        before = self.status()
+        previous = before.get("last_deployed_time_s", 0) if before else 0
+        self._client.put(SERVE_API, json=config).raise_for_status()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            app = self.status()
+            fresh = app is not None and app.get("last_deployed_time_s", 0) > previous
+            if fresh and app is not None and app.get("status") == "RUNNING":
+                return
+            if fresh and app is not None and app.get("status") == "DEPLOY_FAILED":
+                raise RuntimeError(f"{APP_NAME} failed to deploy: {app.get('message', '')[:2000]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{APP_NAME} not running {timeout_s:.0f} s after the deploy")
+            time.sleep(0.2)
 
-class AliasWatcher:
-    """Re-applies the config whenever the registry's aliases move (promotion, rollback)."""
-
-    def __init__(self, config: dict[str, Any], alias: Callable[[str], str | None]) -> None:
-        self._config = config
-        self._alias = alias
-        self.applied: dict[str, Any] | None = None
-
-    def sync(self) -> bool:
-        """Apply the config if the pinned versions changed since the last apply; True if it did."""
-        wanted = pin_versions(self._config, self._alias)
-        if self.applied is not None and user_config(wanted) == user_config(self.applied):
-            return False
-        previous = user_config(self.applied) if self.applied else {}
-        apply(wanted)
-        logger.info(
-            "serving champion v%s (was %s), challenger v%s (was %s)",
-            user_config(wanted)["champion_version"],
-            previous.get("champion_version"),
-            user_config(wanted)["challenger_version"],
-            previous.get("challenger_version"),
-        )
-        self.applied = wanted
-        return True
+    def close(self) -> None:
+        self._client.close()

@@ -9,8 +9,8 @@ import numpy as np
 import xgboost as xgb
 
 from modeling import registry
-from orchestration.resources import MLflowResource
-from serving.config import Device
+from modeling.registry import ModelRegistry
+from settings import Device
 
 
 @dataclass(frozen=True)
@@ -31,20 +31,20 @@ class LoadedModel:
 class ModelStore:
     """Resolves aliases and loads versions from the MLflow registry of the profile."""
 
-    def __init__(self, mlflow: MLflowResource) -> None:
-        self._mlflow = mlflow
-        self._mlflow.activate()
+    def __init__(self, models: ModelRegistry) -> None:
+        self._models = models
+        self._models.activate()
 
     @property
     def model_name(self) -> str:
-        return self._mlflow.model_name
+        return self._models.model_name
 
     def alias(self, alias: str) -> str | None:
-        return registry.alias_version(self._mlflow.client(), self._mlflow.model_name, alias)
+        return registry.alias_version(self._models.client(), self._models.model_name, alias)
 
     def load(self, version: str, device: Device = "cpu") -> LoadedModel:
-        booster = registry.load_model(self._mlflow.model_name, version).get_booster()
-        return LoadedModel(self._mlflow.model_name, version, on_device(booster, device))
+        booster = registry.load_model(self._models.model_name, version).get_booster()
+        return LoadedModel(self._models.model_name, version, on_device(booster, device))
 
 
 def on_device(booster: xgb.Booster, device: Device) -> xgb.Booster:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.config import Rollout
+from settings import Rollout
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 

@@ -6,9 +6,11 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from feature_repo.contract import MAX_AMOUNT, MAX_ID
+
 Route = Literal["champion", "challenger"]
 
-_ID = Field(ge=0, le=2**63 - 1)
+_ID = Field(ge=0, le=MAX_ID)
 
 
 class Transaction(BaseModel):
@@ -23,7 +25,7 @@ class Transaction(BaseModel):
     transaction_id: int = _ID
     customer_id: int = _ID
     terminal_id: int = _ID
-    amount: float = Field(ge=0.0, le=1e9)
+    amount: float = Field(ge=0.0, lt=MAX_AMOUNT)
     timestamp: AwareDatetime
 
 

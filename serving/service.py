@@ -21,23 +21,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from feature_repo.online import EventBuffers, StaleReadError
 from feature_repo.windows import MODEL_FEATURES
-from modeling.registry import CHALLENGER, CHAMPION
-from orchestration.profiles import active_profile, build_resources
+from modeling.registry import ModelRegistry
 from serving.cache import ResultCache
-from serving.config import ServingConfig
 from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelStore
 from serving.prediction_log import PredictionLog
 from serving.routing import Router
 from serving.schemas import ColdStart, Latency, ModelRef, Score, Transaction
-from streaming.online import EventBuffers, StaleReadError
+from settings import ServingConfig, Settings
 
 logger = logging.getLogger(__name__)
 
 
 class NotReadyError(RuntimeError):
-    """No champion is loaded yet: the registry has none, or it failed to load."""
+    """No champion is loaded yet: no deployment pinned one, or it failed to load."""
 
 
 class RequestError(ValueError):
@@ -84,14 +83,14 @@ class ScoringService:
         self._configure_lock = threading.Lock()
 
     @classmethod
-    def from_profile(cls) -> ScoringService:
-        """The service over the active profile's resources (FRAUDPIPE_PROFILE), as Dagster sees them."""
-        resources = build_resources(active_profile())
-        stream = resources["stream"].process_config_and_initialize()
-        mlflow = resources["mlflow"].process_config_and_initialize()
-        metrics = ServingMetrics()
+    def from_settings(cls, settings: Settings, metrics: ServingMetrics | None = None) -> ScoringService:
+        """The service over the profile's online store, registry and bus."""
+        from streaming.config import StreamConfig
+
+        stream = StreamConfig.from_settings(settings)
+        metrics = metrics or ServingMetrics()
         log = PredictionLog(lambda: stream.bus().producer(), stream.topics().predictions, metrics)
-        return cls(stream.online(), ModelStore(mlflow), metrics, log)
+        return cls(stream.online(), ModelStore(ModelRegistry.from_settings(settings)), metrics, log)
 
     @property
     def config(self) -> ServingConfig | None:
@@ -106,24 +105,20 @@ class ScoringService:
         is reused, and the cache survives only if neither model changed.
 
         Raises:
-            NotReadyError: when no champion can be resolved.
+            NotReadyError: when the config pins no champion (or no challenger its rollout needs).
         """
         with self._configure_lock:
             current = self._serving
-            champion_version = config.champion_version or self._models.alias(CHAMPION)
+            champion_version = config.champion_version
             if champion_version is None:
                 raise NotReadyError(
-                    f"{self._models.model_name} has no {CHAMPION!r} alias in the registry yet"
+                    f"no {self._models.model_name} version is deployed yet: the `deployment` asset pins one"
                 )
-            challenger_version = config.challenger_version
-            if challenger_version is None and config.rollout.mode != "champion":
-                challenger_version = self._models.alias(CHALLENGER)
+            challenger_version = config.challenger_version if config.rollout.mode != "champion" else None
             if config.rollout.mode != "champion" and challenger_version is None:
                 raise NotReadyError(
-                    f"rollout mode {config.rollout.mode!r} needs a challenger and there is none"
+                    f"rollout mode {config.rollout.mode!r} needs a challenger and the deployment pins none"
                 )
-            if config.rollout.mode == "champion":
-                challenger_version = None
             champion = self._load(champion_version, config, current)
             challenger = self._load(challenger_version, config, current) if challenger_version else None
             same_models = (

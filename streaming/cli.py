@@ -1,9 +1,7 @@
 """`python -m streaming consume | produce | replay | push | broker`: the streaming side's processes.
 
-Every command reads the profile's `StreamResource` (`orchestration.profiles`);
-`--set field=value` overrides one of its fields for this process (a test's
-topic prefix, an operator's second online store), so there is still one
-configuration, not a second set of flags.
+Every command reads the settings (`FRAUDPIPE_*`, `settings/`): the bus, the
+online store and the consumer's knobs are set there, once, for every process.
 """
 
 from __future__ import annotations
@@ -17,32 +15,24 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-import dagster as dg
-import pydantic
 import typer
 
 from feature_repo.windows import FEATURE_GROUPS
-from orchestration.profiles import active_profile, build_resources
+from settings import SettingsError, load_settings
 from streaming.bus_kafka import mock_kafka_cluster
+from streaming.config import LocalBrokerMissingError, StreamConfig
 from streaming.consumer import EVENT_KINDS, LANDED_KINDS, ConsumerSettings, StreamConsumer, TimeWindow, Totals
-from streaming.http_push import DEFAULT_PORT, create_app, serve
-from streaming.resources import LocalBrokerMissingError, StreamResource
+from streaming.http_push import create_app, serve
 from streaming.traffic import in_window, send_events
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("streaming")
 
-Overrides = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        help="Override a field of the profile's StreamResource, e.g. --set batch_size=500 (repeatable).",
-    ),
-]
 Predictions = Annotated[
     bool,
     typer.Option(
@@ -54,28 +44,15 @@ REPLAY_LOOKBACK = timedelta(days=max(group.horizon_days for group in FEATURE_GRO
 """How far before a replay's first day the online features need events."""
 
 
-def stream_resource(overrides: list[str] | None) -> StreamResource:
-    """The profile's stream configuration, environment variables resolved, with `overrides` applied."""
-    fields: dict[str, Any] = {
-        name: value.get_value() if isinstance(value, dg.EnvVar) else value
-        for name, value in build_resources(active_profile())["stream"].model_dump().items()
-    }
-    for item in overrides or []:
-        name, sep, value = item.partition("=")
-        if not sep or name not in StreamResource.model_fields:
-            known = ", ".join(StreamResource.model_fields)
-            raise typer.BadParameter(f"{item!r}: expected field=value with field one of {known}")
-        fields[name] = value
-    missing = [name for name, value in fields.items() if value is None]
-    if missing:
-        raise typer.BadParameter(f"not set: {missing} (see .env.prod.example)")
+def stream_config(**changes: Any) -> StreamConfig:
+    """The profile's stream configuration; a bad setting ends the command with its message."""
     try:
-        return StreamResource(**fields)
-    except pydantic.ValidationError as err:
-        raise typer.BadParameter(str(err)) from err
+        return StreamConfig.from_settings(load_settings(), **changes)
+    except SettingsError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
-def _broker_alive(stream: StreamResource) -> bool:
+def _broker_alive(stream: StreamConfig) -> bool:
     try:
         stream.local_broker_address()
     except LocalBrokerMissingError:
@@ -93,7 +70,7 @@ def _broker_alive(stream: StreamResource) -> bool:
 
 
 @contextmanager
-def _local_broker(stream: StreamResource) -> Iterator[None]:
+def _local_broker(stream: StreamConfig) -> Iterator[None]:
     """Host the local profile's mock Kafka cluster in this process unless another process does."""
     if stream.local_broker_file is None or _broker_alive(stream):
         yield
@@ -139,7 +116,7 @@ def _progress_logger(every_s: float = 5.0) -> Callable[[str, Totals], None]:
 
 
 def _run(
-    stream: StreamResource,
+    stream: StreamConfig,
     settings: ConsumerSettings,
     idle_exit: float | None,
     clear: bool,
@@ -170,10 +147,9 @@ def consume(
         None, help="Exit once the group has committed everything and nothing came for this many seconds."
     ),
     predictions: Predictions = True,
-    overrides: Overrides = None,
 ) -> None:
     """Land events and serving's predictions from the bus, keep the online features fresh, until stopped."""
-    stream = stream_resource(overrides)
+    stream = stream_config()
     settings = ConsumerSettings(group=stream.group, name=name, batch_size=stream.batch_size)
     with _local_broker(stream):
         _run(stream, settings, idle_exit, clear=False, predictions=predictions)
@@ -193,11 +169,10 @@ def replay(
     rebuild_online: bool = typer.Option(
         True,
         help="Empty the online store first and rebuild it from the bus (stop the live consumer, "
-        "or point --set online_prefix=... at a fresh store and switch serving to it).",
+        "or point FRAUDPIPE_STREAM__ONLINE_PREFIX at a fresh store and switch serving to it).",
     ),
     idle_exit: float = typer.Option(5.0, help="Seconds without a message, once caught up, before exiting."),
     predictions: Predictions = True,
-    overrides: Overrides = None,
 ) -> None:
     """Re-land a period from the bus and rebuild the online features; idempotent.
 
@@ -212,7 +187,7 @@ def replay(
     first, last = _day(start), _day(end)
     if last < first:
         raise typer.BadParameter(f"--to {end} is before --from {start}")
-    stream = stream_resource(overrides)
+    stream = stream_config()
     settings = ConsumerSettings(
         group=f"{stream.group}-replay-{uuid.uuid4().hex[:8]}",
         name=f"replay-{start}-{end}",
@@ -222,7 +197,7 @@ def replay(
         live=False,
     )
     _run(
-        stream.model_copy(update={"metrics_port": 0}),
+        replace(stream, metrics_port=0),
         settings,
         idle_exit,
         clear=rebuild_online,
@@ -239,13 +214,12 @@ def produce(
     start: str | None = typer.Option(None, "--from", help="First day to send (YYYY-MM-DD); default: all."),
     end: str | None = typer.Option(None, "--to", help="Last day to send, included."),
     rate: float = typer.Option(0.0, help="Events per second; 0 sends as fast as the bus takes them."),
-    overrides: Overrides = None,
 ) -> None:
     """Send simulated transactions and fraud reports to the bus, in event-time order."""
     from simulator import read_dataset
 
-    stream = stream_resource(overrides)
-    data = read_dataset(source or Path(build_resources(active_profile())["source"].path))
+    stream = stream_config()
+    data = read_dataset(source or load_settings().source_path)
     first = _day(start) if start else None
     after = _day(end) + timedelta(days=1) if end else None
     transactions = in_window(data.events(), "TX_DATETIME", first, after)
@@ -258,23 +232,22 @@ def produce(
 
 @app.command()
 def push(
-    port: int = typer.Option(DEFAULT_PORT, help="Port of the HTTP push endpoint."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback unless exposed on purpose."),
-    overrides: Overrides = None,
 ) -> None:
-    """Serve the HTTP push endpoint: apps POST events, it appends them to the bus."""
-    stream = stream_resource(overrides)
+    """Serve the HTTP push endpoint (port: FRAUDPIPE_STREAM__PUSH_PORT): apps POST events to the bus."""
+    stream = stream_config()
+    port = load_settings().stream.push_port
     bus = stream.bus()
     bus.ensure_topics(stream.topics().names())
     serve(create_app(bus, stream.topics()), host=host, port=port)
 
 
 @app.command()
-def broker(overrides: Overrides = None) -> None:
+def broker() -> None:
     """Host the local profile's Kafka broker (librdkafka's mock cluster) until stopped."""
-    stream = stream_resource(overrides)
+    stream = stream_config()
     if stream.local_broker_file is None:
-        raise typer.BadParameter(f"the bus is {stream.bus_url}, not the local broker")
+        raise typer.BadParameter("the bus (FRAUDPIPE_BUS_URL) is not the local broker")
     if _broker_alive(stream):
         typer.echo(f"a local broker already runs at {stream.local_broker_address()}")
         return

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from settings import StreamSettings
 from streaming.bus import CommitLostError, Consumer, EventBus, Producer, Topics
 from streaming.events import (
     MAX_FUTURE,
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 
 
 class OnlineSink(Protocol):
-    """What the consumer needs of the online store (`streaming.online`)."""
+    """What the consumer needs of the online store (`feature_repo.online`)."""
 
     def add_transactions(self, frame: pd.DataFrame) -> None: ...
 
@@ -140,9 +141,9 @@ class ConsumerSettings:
             (the live group already sent them), counting them only.
     """
 
-    group: str = "fraudpipe-landing"
+    group: str = StreamSettings.model_fields["group"].default
     name: str = "consumer-0"
-    batch_size: int = 2_000
+    batch_size: int = StreamSettings.model_fields["batch_size"].default
     poll_timeout_s: float = 0.5
     max_future: timedelta = MAX_FUTURE
     status_every_s: float = 5.0

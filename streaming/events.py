@@ -41,21 +41,17 @@ from typing import TypeVar
 
 import pandas as pd
 
-MAX_EVENT_BYTES = 4096
-"""Payloads above this are refused unparsed; a rejection keeps at most this many bytes of its payload."""
-MAX_FIELD_CHARS = 64
-"""The batch suites' limit on a field's text, applied to every string value of a required field."""
-MAX_AMOUNT = 10_000_000.0
-"""An amount at or above this is a unit or parsing error upstream, not a card payment."""
-MAX_ID = 2**63 - 1
-"""Ids land as int64."""
+from feature_repo.contract import (
+    MAX_AMOUNT,
+    MAX_EVENT_BYTES,
+    MAX_FIELD_CHARS,
+    MAX_ID,
+)
+
 MAX_FUTURE = timedelta(minutes=5)
 """Default clock skew allowed between producer and consumer."""
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 TIMESTAMP_DTYPE = "datetime64[ns, UTC]"
-
-TRANSACTION_FIELDS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT")
-REPORT_FIELDS = ("TRANSACTION_ID", "REPORT_DATETIME")
 
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 

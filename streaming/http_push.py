@@ -52,7 +52,6 @@ MAX_IN_FLIGHT = 8
 FLUSH_TIMEOUT_S = 10.0
 """How long one batch may wait for the bus before the client is told to retry."""
 RETRY_AFTER_S = 1
-DEFAULT_PORT = 8090
 
 Keyed = tuple[bytes, bytes]
 """(key, canonical payload) of one valid event, ready for `Producer.send`."""
@@ -386,6 +385,6 @@ def create_app(
     return app
 
 
-def serve(app: FastAPI, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+def serve(app: FastAPI, host: str, port: int) -> None:
     """Run `app` until interrupted; loopback by default, since the endpoint does not authenticate."""
     uvicorn.run(app, host=host, port=port)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -19,12 +20,13 @@ import redis
 
 from orchestration.profiles import build_resources
 from orchestration.runner import run_pipeline
+from settings import ServingSettings, Settings, StreamSettings, load_settings
 from simulator import SimulatedData, SimulatorConfig, simulate, write_dataset
 from streaming.bus_kafka import mock_kafka_cluster
 from tests.ray_cluster import LocalRayCluster
 
 if TYPE_CHECKING:
-    from streaming.resources import StreamResource
+    from streaming.config import StreamConfig
 
 SMALL = SimulatorConfig(
     n_customers=300,
@@ -47,6 +49,22 @@ class PipelineRun:
     results: dict[str, dg.ExecuteInProcessResult]
 
 
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def local_settings(data_dir: Path, **fields: Any) -> Settings:
+    """The local profile over `data_dir`, whatever this machine's environment says.
+
+    Serve's REST API is looked for on a port nothing listens on unless a test names one: the
+    `deployment` asset of a test's pipeline must never reconfigure a Serve that runs beside it.
+    """
+    fields.setdefault("serving", ServingSettings(ray_dashboard_port=_unused_port()))
+    return load_settings(profile="local", data_dir=data_dir, **fields)
+
+
 @pytest.fixture(scope="session")
 def small_data() -> SimulatedData:
     return simulate(SMALL)
@@ -59,7 +77,7 @@ def pipeline_run(
     """The local profile's whole graph, materialised once for the session."""
     data_dir = tmp_path_factory.mktemp("local")
     write_dataset(small_data, data_dir / "source")
-    resources = build_resources("local", data_dir)
+    resources = build_resources(local_settings(data_dir))
     with dg.instance_for_test() as instance:
         results = run_pipeline(resources, instance, FAST_MODEL)
         yield PipelineRun(small_data, data_dir, resources, results)
@@ -78,12 +96,12 @@ class ServedData:
 def served_data(pipeline_run: PipelineRun, tmp_path_factory: pytest.TempPathFactory) -> ServedData:
     """The registry (a champion) and training set of `pipeline_run`, copied so serving tests
     may register and promote models, and online event buffers holding every event and report."""
-    from streaming.online import TRANSACTION_COLUMNS
+    from feature_repo.online import TRANSACTION_COLUMNS
 
     data_dir = tmp_path_factory.mktemp("served")
     for part in ("mlflow", "lake"):
         shutil.copytree(pipeline_run.data_dir / part, data_dir / part)
-    resources = build_resources("local", data_dir)
+    resources = build_resources(local_settings(data_dir))
     with resources["stream"].online() as online:
         online.add_transactions(pipeline_run.data.events()[list(TRANSACTION_COLUMNS)])
         online.add_reports(pipeline_run.data.fraud_reports)
@@ -158,13 +176,15 @@ def namespace() -> Iterator[str]:
     client.close()
 
 
-def stream_resource(
+def stream_settings(
     backend: str, root: Path, namespace: str, kafka_bootstrap: str, **fields: Any
-) -> StreamResource:
-    """A stream configuration in its own namespace: Kafka (mock cluster) with SQLite online buffers,
-    or Redis Streams with Redis online buffers, so both production pairings are exercised."""
-    from streaming.resources import StreamResource
+) -> Settings:
+    """Settings whose stream is in its own namespace: Kafka (mock cluster) with SQLite online buffers,
+    or Redis Streams with Redis online buffers, so both production pairings are exercised.
 
+    `fields` replace `StreamSettings` fields. A child process gets the same settings from
+    `settings.to_env()`.
+    """
     if backend == "kafka":
         bus_url, online_url, online_prefix = (
             f"kafka://{kafka_bootstrap}",
@@ -173,10 +193,7 @@ def stream_resource(
         )
     else:
         bus_url, online_url, online_prefix = REDIS_URL, REDIS_URL, namespace
-    settings: dict[str, Any] = {
-        "bus_url": bus_url,
-        "online_url": online_url,
-        "landing_path": str(root / "landing"),
+    stream = {
         "topic_prefix": namespace,
         "online_prefix": online_prefix,
         "group": "landing",
@@ -184,13 +201,22 @@ def stream_resource(
         "metrics_port": 0,
         **fields,
     }
-    return StreamResource(**settings)
+    return local_settings(root, bus_url=bus_url, online_url=online_url, stream=StreamSettings(**stream))
+
+
+def stream_resource(
+    backend: str, root: Path, namespace: str, kafka_bootstrap: str, **fields: Any
+) -> StreamConfig:
+    """The `StreamConfig` of `stream_settings`: its landing area under `root/stream/landing`."""
+    from streaming.config import StreamConfig
+
+    return StreamConfig.from_settings(stream_settings(backend, root, namespace, kafka_bootstrap, **fields))
 
 
 BACKENDS = ["kafka", pytest.param("redis", marks=pytest.mark.integration)]
 
 
-def read_dead_letters(stream: StreamResource, expected: int) -> list[dict[str, Any]]:
+def read_dead_letters(stream: StreamConfig, expected: int) -> list[dict[str, Any]]:
     """The dead-letter topic's records, once `expected` arrived (or after 20 s)."""
     consumer = stream.bus().consumer(stream.topics().dead_letters, "inspect", "inspector")
     records: list[dict[str, Any]] = []

@@ -12,8 +12,9 @@ comes from the test through `dg.EnvVar`, as a deployment would pass it.
 import dagster as dg
 
 from orchestration.jobs import RETRAINING_JOB
-from orchestration.resources import LakeResource, MonitoringResource
+from orchestration.resources import LakeResource
 from orchestration.retraining import RETRAINING_SENSORS
+from settings import MonitoringSettings
 
 LAKE_ROOT_ENV = "FRAUDPIPE_CRASH_TEST_LAKE"
 """Where the test's lake lives: the test sets it for the code server it starts."""
@@ -69,6 +70,6 @@ defs = dg.Definitions(
     sensors=[ticking_every_loop(sensor) for sensor in RETRAINING_SENSORS],
     resources={
         "lake": LakeResource(root=dg.EnvVar(LAKE_ROOT_ENV)),
-        "monitoring": MonitoringResource(cooldown_days=DRIFT_COOLDOWN_DAYS),
+        "monitoring": MonitoringSettings(cooldown_days=DRIFT_COOLDOWN_DAYS),
     },
 )

@@ -56,6 +56,8 @@ class LocalRayCluster:
     token: str = field(default_factory=lambda: secrets.token_hex(32))
     nodes: list[RayNode] = field(default_factory=list)
     port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+    """The head's dashboard, on 127.0.0.1: Serve's REST API, where deployments are applied."""
     _worker_ports: int = 21_000
 
     @property
@@ -97,7 +99,9 @@ class LocalRayCluster:
             [
                 "--head",
                 f"--port={self.port}",
-                "--include-dashboard=false",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
                 f"--ray-client-server-port={free_port()}",
             ],
         )

@@ -125,8 +125,14 @@ def test_monitoring_bench_finds_the_shifted_features(
     result = monitoring.main(["--quick", "--results", str(tmp_path)])
     printed = capsys.readouterr().out
     assert_stamped_result(tmp_path, "monitoring", printed)
-    assert all(t.found is None or set(t.found) == set(monitoring.SHIFTED) for t in result.timings)
-    assert "PASS" in printed or "MISS" in printed
+    assert "| tool" in printed and monitoring.OURS in printed and monitoring.EVIDENTLY in printed
+    assert "target <= 10 s" in printed
+    assert result.ks_max_difference == 0.0
+    found = [t.found for t in result.timings if t.found is not None]
+    assert len(found) == 3 and all(set(f) == set(monitoring.SHIFTED) for f in found)
+    assert all(t.seconds.wall > 0 and t.seconds.cpu > 0 for t in result.timings)
+    assert all(passed for passed, text in result.checks if "KS equals" in text or "shifted" in text)
+    assert result.evidently["drifted_columns"] == len(monitoring.SHIFTED)
 
 
 @pytest.mark.integration

@@ -4,7 +4,11 @@ An alert on a misspelt metric never fires and a panel on one stays empty, and
 neither Prometheus nor Grafana says so. So every PromQL expression is checked
 against the series that the project's registries really expose: serving's and
 the stream consumer's metric objects, and the exporter's collector fed a table
-written by `write_metrics`. That check reads PromQL with regular expressions
+written by `write_metrics`. Serving's series are those Ray's metrics agents
+export from the replicas (`ServingMetrics.for_ray()`, described by
+`serving.metrics.SPECS`; tests/test_serving_metrics.py checks that description
+against a real Ray), and the plain registry of `ServingMetrics()` must expose the
+very same names. That check reads PromQL with regular expressions
 (`parse_promql`: metric names, the label names of their matchers, `by` / `on`
 label names; tested on its own below) so that it runs without Prometheus.
 Where `promtool` is installed, the config and rules are also checked by it
@@ -32,16 +36,25 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.exporter import (
-    DEFAULT_PORT,
     FEATURE_METRICS,
     MODEL_ROLES,
     OUTCOME_METRICS,
     MonitoringCollector,
     write_metrics,
 )
-from serving.metrics import ServingMetrics
+from serving.metrics import (
+    BATCH_SIZE,
+    ERRORS,
+    PREDICTION_LOG,
+    RAY_TAGS,
+    REQUEST_SECONDS,
+    SERVE_TAGS,
+    SPECS,
+    SWAPS,
+    ServingMetrics,
+)
+from settings import MonitoringSettings, ServingSettings, StreamSettings
 from streaming.metrics import ConsumerMetrics
-from streaming.resources import StreamResource
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "infra" / "prometheus"
@@ -77,6 +90,23 @@ def wrapper_series(owner: object, registry: CollectorRegistry) -> dict[str, set[
             series[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
     assert families == {family.name for family in registry.collect()}, "a metric of the registry is not held"
     return series
+
+
+def serving_series() -> dict[str, set[str]]:
+    """Serving's series as Ray's metrics agents export them, after checking that the plain registry
+    (`ServingMetrics()`, outside Ray) holds the same metrics under the same names and labels,
+    less the tags Serve and Ray add (and prometheus_client's `_created`, which no panel reads)."""
+    ray: dict[str, set[str]] = {}
+    for spec in SPECS:
+        ray.update(spec.series())
+    plain = ServingMetrics()
+    assert plain.registry is not None
+    written = wrapper_series(plain, plain.registry)
+    assert {name for name in written if not name.endswith("_created")} == set(ray)
+    for name, labels in ray.items():
+        assert written[name] == labels - set(SERVE_TAGS) - set(RAY_TAGS), name
+    assert all(name.startswith("ray_fraudpipe_serve_") for name in ray)
+    return ray
 
 
 def collector_series(registry: CollectorRegistry) -> dict[str, set[str]]:
@@ -134,9 +164,9 @@ def project_series(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[st
     """Every series the project exposes -> its label names."""
     path = tmp_path_factory.mktemp("monitoring") / "monitoring_metrics.parquet"
     write_metrics(path, one_day("2018-08-01"))
-    serving, stream = ServingMetrics(), ConsumerMetrics()
+    stream = ConsumerMetrics()
     series = {
-        **wrapper_series(serving, serving.registry),
+        **serving_series(),
         **wrapper_series(stream, stream.registry),
         **collector_series(monitoring_registry(path)),
     }
@@ -196,15 +226,18 @@ def test_promql_parser_reads_names_and_labels() -> None:
 
 
 def test_promql_check_reports_unknown_names_and_labels(project_series: dict[str, set[str]]) -> None:
+    errors = ERRORS.exported
     assert (
-        promql_problems('sum by (kind) (rate(fraudpipe_serve_errors_total{kind="x"}[5m]))', project_series)
+        promql_problems(f'sum by (kind, replica) (rate({errors}_total{{kind="x"}}[5m]))', project_series)
         == []
     )
     assert promql_problems(
-        'sum by (knd) (rate(fraudpipe_serve_error_total[5m])) + fraudpipe_stream_lag_messages{topc="t"}',
+        "sum by (knd) (rate(ray_fraudpipe_serve_error_total[5m])) + fraudpipe_serve_errors_total"
+        ' + fraudpipe_stream_lag_messages{topc="t"}',
         project_series,
     ) == [
-        "unknown metric fraudpipe_serve_error_total",
+        "unknown metric ray_fraudpipe_serve_error_total",
+        "unknown metric fraudpipe_serve_errors_total",  # the name before Ray's prefix
         "fraudpipe_stream_lag_messages has no label topc",
         "grouping by unknown label knd",
     ]
@@ -218,11 +251,11 @@ def test_series_names_match_prometheus_client_exposition() -> None:
     serving.swaps.inc()
     written = {
         line.split("{")[0].split(" ")[0]
-        for line in generate_latest(serving.registry).decode().splitlines()
-        if line.startswith(("fraudpipe_serve_batch_size", "fraudpipe_serve_model_swaps"))
+        for line in serving.exposition().decode().splitlines()
+        if line.startswith((BATCH_SIZE.exported, SWAPS.exported))
     }
-    expected = {"fraudpipe_serve_batch_size" + s for s in SUFFIXES["histogram"]} | {
-        "fraudpipe_serve_model_swaps" + s for s in SUFFIXES["counter"]
+    expected = {BATCH_SIZE.exported + s for s in SUFFIXES["histogram"]} | {
+        SWAPS.exported + s for s in SUFFIXES["counter"]
     }
     # `_created` is left out when PROMETHEUS_DISABLE_CREATED_SERIES is set or in multiprocess mode.
     assert expected - {name for name in expected if name.endswith("_created")} <= written <= expected
@@ -271,14 +304,13 @@ def test_prometheus_config_scrapes_the_project_ports_and_loads_the_rules() -> No
         job["job_name"]: [target for static in job["static_configs"] for target in static["targets"]]
         for job in config["scrape_configs"]
     }
-    serve_port = yaml.safe_load((ROOT / "serving" / "config" / "local.yaml").read_text())["http_options"][
-        "port"
-    ]
+    # Serving: Ray's metrics agent (every replica of the node), not the app's port behind the proxy.
     assert targets == {
-        "fraudpipe-serve": [f"127.0.0.1:{serve_port}"],
-        "fraudpipe-stream": [f"127.0.0.1:{StreamResource.model_fields['metrics_port'].default}"],
-        "fraudpipe-monitor": [f"127.0.0.1:{DEFAULT_PORT}"],
+        "fraudpipe-serve": [f"127.0.0.1:{ServingSettings().ray_metrics_port}"],
+        "fraudpipe-stream": [f"127.0.0.1:{StreamSettings().metrics_port}"],
+        "fraudpipe-monitor": [f"127.0.0.1:{MonitoringSettings().exporter_port}"],
     }
+    assert ServingSettings().ray_metrics_port != ServingSettings().port
     assert all(job["metrics_path"] == "/metrics" for job in config["scrape_configs"])
 
 
@@ -291,7 +323,7 @@ def test_dashboard_structure() -> None:
     ids = [panel["id"] for panel in DASHBOARD["panels"]]
     assert len(ids) == len(set(ids)), "panel ids repeat"
     assert [panel["title"] for panel in DASHBOARD["panels"] if panel["type"] == "row"] == [
-        "Serving (fraudpipe_serve_*, per replica)",
+        "Serving (ray_fraudpipe_serve_*, every replica: Ray's metrics agents)",
         "Streaming (fraudpipe_stream_*)",
         "Drift (fraudpipe_monitor_*, latest monitored day)",
         "Outcomes and data quality (fraudpipe_monitor_*)",
@@ -527,9 +559,14 @@ def test_alerts_fire_under_promtool_on_the_exporters_series(tmp_path: Path) -> N
         input_series(name, {**dict(labels), **monitor}, f"{value}x60")
         for (name, labels), value in exposed(monitoring_registry(path)).items()
     ]
-    serve = {"job": "fraudpipe-serve", "instance": "127.0.0.1:8000", "endpoint": "/v1/score"}
+    ray_agent = {"job": "fraudpipe-serve", "instance": f"127.0.0.1:{ServingSettings().ray_metrics_port}"}
+    # Two replicas on the node, each with half the traffic: the rules must sum over them.
+    replicas = [
+        {**ray_agent, "deployment": "FraudScoring", "application": "fraud", "replica": name}
+        for name in ("fraud#FraudScoring#a", "fraud#FraudScoring#b")
+    ]
     stream = {"job": "fraudpipe-stream", "instance": "127.0.0.1:9464", "topic": "transactions"}
-    latency = "fraudpipe_serve_request_seconds"
+    latency = REQUEST_SECONDS.exported
 
     def serving(per_minute: dict[str, int], le_seconds: str) -> list[dict[str, str]]:
         """Requests by status per minute, the 200s all in the bucket ending at `le_seconds`."""
@@ -537,22 +574,27 @@ def test_alerts_fire_under_promtool_on_the_exporters_series(tmp_path: Path) -> N
             (le, per_minute["200"] if float(le) >= float(le_seconds) else 0)
             for le in ("0.01", "0.03", "+Inf")
         ]
+        endpoint = {"endpoint": "/v1/score"}
         return [
             *(
-                input_series(f"{latency}_count", {**serve, "status": s}, f"0+{n}x60")
+                input_series(f"{latency}_count", {**r, **endpoint, "status": s}, f"0+{n // 2}x60")
                 for s, n in per_minute.items()
+                for r in replicas
             ),
             *(
-                input_series(f"{latency}_bucket", {**serve, "status": "200", "le": le}, f"0+{n}x60")
+                input_series(
+                    f"{latency}_bucket", {**r, **endpoint, "status": "200", "le": le}, f"0+{n // 2}x60"
+                )
                 for le, n in buckets
+                for r in replicas
             ),
         ]
 
     def log(sent: int, dropped: int) -> list[dict[str, str]]:
-        name = "fraudpipe_serve_prediction_log_total"
+        name = f"{PREDICTION_LOG.exported}_total"
         return [
-            input_series(name, {**serve, "outcome": "sent"}, f"0+{sent}x60"),
-            input_series(name, {**serve, "outcome": "dropped"}, f"0+{dropped}x60"),
+            *(input_series(name, {**r, "outcome": "sent"}, f"0+{sent // 2}x60") for r in replicas),
+            *(input_series(name, {**r, "outcome": "dropped"}, f"0+{dropped // 2}x60") for r in replicas),
         ]
 
     def consumer(lag: int, freshness_s: int, up: int) -> list[dict[str, str]]:

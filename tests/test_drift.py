@@ -1,4 +1,4 @@
-"""Drift statistics: PSI binning and value, KS against scipy, missing data, storage, Evidently, the bench."""
+"""Drift statistics: PSI binning and value, KS against scipy, missing data, Evidently."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 from scipy.stats import ks_2samp
 
-from bench import monitoring as monitoring_bench
 from monitoring.drift import (
     PSI_EPSILON,
     ReferenceProfile,
@@ -218,7 +217,7 @@ def test_one_unmeasurable_feature_does_not_hide_the_others() -> None:
     result = feature_drift(profile, current)
 
     assert result.insufficient and "b (0)" in result.reason and "a (" not in result.reason
-    assert result.features["a"].measured and result.drifted() == ["a"]
+    assert result.features["a"].measured and result.drifted(0.2, 0.1) == ["a"]
     assert result.max_psi == result.features["a"].psi
     assert result.features["b"].n_dropped == 1_000
 
@@ -237,32 +236,6 @@ def test_bad_input_is_a_value_error_naming_the_column() -> None:
         ReferenceProfile.from_frame(frame, ["empty"])
     with pytest.raises(ValueError, match="bins"):
         ReferenceProfile.from_frame(frame, ["a"], bins=1)
-
-
-def test_a_saved_profile_loads_back_identical_without_pickle(tmp_path: Path) -> None:
-    rng = np.random.default_rng(9)
-    reference = pd.DataFrame(
-        {
-            "amount": np.append(rng.lognormal(3.5, 1.0, 5_000).round(2), np.nan),
-            "count": np.append(rng.poisson(2.0, 5_000), 0),
-            "risk": np.append(np.where(rng.random(5_000) < 0.9, 0.0, rng.random(5_000)), 0.0),
-        }
-    )
-    current = reference.sample(frac=1.0, random_state=1) * 1.1
-    profile = ReferenceProfile.from_frame(reference, ["risk", "amount", "count"], bins=8)
-
-    profile.save(tmp_path / "profile.npz")
-    loaded = ReferenceProfile.load(tmp_path / "profile.npz")
-
-    assert list(loaded.columns) == ["risk", "amount", "count"] and loaded.bins == 8
-    for name, column in profile.columns.items():
-        other = loaded.columns[name]
-        assert other.n_dropped == column.n_dropped
-        for field in ("edges", "proportions", "values", "cumulative_counts"):
-            assert np.array_equal(getattr(other, field), getattr(column, field)), (name, field)
-    assert feature_drift(loaded, current) == feature_drift(profile, current)
-    with np.load(tmp_path / "profile.npz", allow_pickle=False) as data:
-        assert all(data[key].dtype != object for key in data.files)
 
 
 def test_score_drift_reports_the_shift_and_the_flagged_shares() -> None:
@@ -341,17 +314,3 @@ def test_evidently_is_not_run_without_data(tmp_path: Path) -> None:
     assert summary["rows"] == {"reference": 500, "current": 0} and not html.exists()
     with pytest.raises(ValueError, match="'nope'"):
         evidently_drift_report(reference, current, ["amount", "nope"], html)
-
-
-def test_monitoring_bench_runs_quick(capsys: pytest.CaptureFixture[str]) -> None:
-    result = monitoring_bench.main(["--quick"])
-    printed = capsys.readouterr().out
-
-    assert "| tool" in printed and monitoring_bench.OURS in printed and monitoring_bench.EVIDENTLY in printed
-    assert "target <= 10 s" in printed
-    assert result.ks_max_difference == 0.0
-    found = [t.found for t in result.timings if t.found is not None]
-    assert len(found) == 3 and all(set(f) == set(monitoring_bench.SHIFTED) for f in found)
-    assert all(t.seconds.wall > 0 and t.seconds.cpu > 0 for t in result.timings)
-    assert all(passed for passed, text in result.checks if "KS equals" in text or "shifted" in text)
-    assert result.evidently["drifted_columns"] == len(monitoring_bench.SHIFTED)

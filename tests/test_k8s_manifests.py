@@ -9,6 +9,7 @@ every manifest against a stub API server that only answers discovery.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -27,14 +28,20 @@ import kubernetes_validate
 import pytest
 import ray
 import yaml
+from pydantic import AliasChoices, BaseModel
 from ray.serve.schema import ServeDeploySchema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from infra import dagster_values
+from infra import rayservice as rayservice_renderer
 from infra.cluster import PROJECT_ROOT, ClusterSettings
 from infra.k8s_manifests import OUT_DIR, render_all
-from streaming.resources import StreamResource
+from modeling.registry import Deployment
+from serving import deploy
+from settings import Settings
+from streaming.config import StreamConfig
+from tests.conftest import local_settings
 
 K8S_VERSION = "1.30.0"
 SCHEMAS = OUT_DIR / "schemas"
@@ -166,9 +173,9 @@ def test_kafka_topics_validate_against_the_strimzi_schema() -> None:
         validate_object_meta(topic["metadata"])
 
 
-def test_kafka_topics_are_the_bus_topics() -> None:
-    stream = StreamResource(
-        bus_url="kafka://broker:9092", online_url="redis://redis:6379/0", landing_path="x"
+def test_kafka_topics_are_the_bus_topics(tmp_path: Path) -> None:
+    stream = StreamConfig.from_settings(
+        local_settings(tmp_path, bus_url="kafka://broker:9092", online_url="redis://redis:6379/0")
     )
     topics = documents("kafka-topics.yaml")
     assert {t["spec"].get("topicName", t["metadata"]["name"]) for t in topics} == set(stream.topics().names())
@@ -179,20 +186,63 @@ def test_kafka_topics_are_the_bus_topics() -> None:
 
 
 def test_serve_config_is_the_projects_serve_config() -> None:
-    """serveConfigV2 is serving/config/cluster.yaml but for the bind address and the runtime env."""
-    expected = yaml.safe_load((PROJECT_ROOT / "serving" / "config" / "cluster.yaml").read_text())
+    """serveConfigV2 is the cluster profile's Serve config (serving.deploy.serve_config) but for the
+    bind address, with the runtime env naming the profile and the shared data directory."""
+    cluster = Settings.model_construct(profile="cluster", data_dir=Path(SETTINGS.data_dir))
+    expected = deploy.serve_config(cluster)
     expected["http_options"]["host"] = "0.0.0.0"
-    for app in expected["applications"]:
-        app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(
-            {"FRAUDPIPE_PROFILE": "cluster", "FRAUDPIPE_DATA_DIR": SETTINGS.data_dir}
-        )
     serve = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])
     assert serve == expected
+    assert serve == rayservice_renderer.serve_config(SETTINGS)
     ServeDeploySchema.model_validate(serve)
+    assert deploy.pinned(serve) is None, "the manifest pins no version: the `deployment` asset patches them"
     for app in serve["applications"]:
+        assert app["runtime_env"]["env_vars"] == {
+            "FRAUDPIPE_PROFILE": "cluster",
+            "FRAUDPIPE_DATA_DIR": SETTINGS.data_dir,
+        }
         for deployment in app["deployments"]:
             assert "num_replicas" not in deployment, "a fixed replica count would switch autoscaling off"
             assert deployment["autoscaling_config"]["target_ongoing_requests"] > 0
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the Kubernetes API applies `application/merge-patch+json`."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def test_deployment_patch_keeps_the_rayservice_valid_and_pins_the_versions() -> None:
+    """What the `deployment` asset sends KubeRay: the RayService, patched, still validates and pins them."""
+    service = rayservice()
+    pinned = Deployment(champion="7", challenger="8")
+    # The settings of the Dagster pods (dagster-values.yaml): the cluster profile, the proxy on 0.0.0.0.
+    config = deploy.serve_config(rayservice_renderer.profile_settings(SETTINGS), pinned)
+    patch = deploy.rayservice_patch(config)
+    assert set(patch) == {"spec"} and set(patch["spec"]) == {"serveConfigV2"}
+    patched = merge_patch(service, patch)
+
+    validate_against("rayservice_v1.trimmed.json", patched)
+    validate_object_meta(patched["metadata"])
+    assert {k: v for k, v in patched["spec"].items() if k != "serveConfigV2"} == {
+        k: v for k, v in service["spec"].items() if k != "serveConfigV2"
+    }
+    serve = yaml.safe_load(patched["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(serve)
+    assert deploy.pinned(serve) == pinned
+    # Nothing but the versions changed: the rest is the manifest's Serve config.
+    unpinned = copy.deepcopy(serve)
+    for app in unpinned["applications"]:
+        for deployment in app["deployments"]:
+            deployment["user_config"].update(champion_version=None, challenger_version=None)
+    assert unpinned == yaml.safe_load(service["spec"]["serveConfigV2"])
 
 
 def test_proxy_port_is_the_heads_serve_port() -> None:
@@ -274,6 +324,61 @@ def test_dagster_pods_join_the_rayservice_cluster_with_its_token() -> None:
     assert {"name": "RAY_AUTH_TOKEN", "valueFrom": token} in launcher["runK8sConfig"]["containerConfig"][
         "env"
     ]
+
+
+RAY_OWN = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
+"""Ray's own token variables: Ray reads them itself (the settings read RAY_AUTH_TOKEN too)."""
+
+
+def setting_variables(model: type[BaseModel], prefix: str = "FRAUDPIPE_") -> set[str]:
+    """Every environment variable the settings read: `FRAUDPIPE_<FIELD>`, nested groups with `__`."""
+    names = set()
+    for name, field in model.model_fields.items():
+        if isinstance(field.validation_alias, AliasChoices):
+            names |= {str(choice).upper() for choice in field.validation_alias.choices}
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            names |= setting_variables(field.annotation, f"{prefix}{name.upper()}__")
+        else:
+            names.add(f"{prefix}{name.upper()}")
+    return names
+
+
+def set_variables(obj: Any) -> set[str]:
+    """The environment variables a manifest (or Helm values) sets: container `env` entries,
+    the run launcher's `envVars`, and the Serve applications' `runtime_env.env_vars`."""
+    found: set[str] = set()
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key == "env" and isinstance(value, list):
+                found |= {var["name"] for var in value if isinstance(var, dict) and "name" in var}
+            elif key == "envVars" and isinstance(value, list):
+                found |= {var.split("=", 1)[0] for var in value}
+            elif key == "env_vars" and isinstance(value, dict):
+                found |= set(value)
+            elif key == "serveConfigV2" and isinstance(value, str):
+                found |= set_variables(yaml.safe_load(value))
+            found |= set_variables(value)
+    elif isinstance(obj, list):
+        for item in obj:
+            found |= set_variables(item)
+    return found
+
+
+def test_every_fraudpipe_variable_the_manifests_set_is_a_setting() -> None:
+    known = setting_variables(Settings)
+    assert {
+        "FRAUDPIPE_DATA_DIR",
+        "FRAUDPIPE_STREAM__TOPIC_PREFIX",
+        "FRAUDPIPE_SERVING__RUNTIME__THRESHOLD",
+    } <= known
+    set_anywhere: dict[str, set[str]] = {}
+    for name in (*MANIFESTS, VALUES):
+        for variable in set().union(*(set_variables(doc) for doc in documents(name))):
+            set_anywhere.setdefault(variable, set()).add(name)
+    ours = {v for v in set_anywhere if v.startswith(("FRAUDPIPE_", "RAY_AUTH_"))}
+    assert {"FRAUDPIPE_PROFILE", "FRAUDPIPE_DATA_DIR", "FRAUDPIPE_RAY_ADDRESS", "RAY_AUTH_TOKEN"} <= ours
+    unknown = {v: sorted(set_anywhere[v]) for v in ours - known - RAY_OWN}
+    assert not unknown, f"set by the manifests but read by no setting: {unknown}"
 
 
 @pytest.fixture(scope="module")

@@ -186,11 +186,15 @@ def test_the_retraining_run_job_gets_the_cluster_profile_and_its_secrets(launche
     assert env["FRAUDPIPE_PROFILE"].value == "cluster"
     assert env["FRAUDPIPE_DATA_DIR"].value == "/data"
     assert env["FRAUDPIPE_RAY_ADDRESS"].value == "fraudpipe-head-svc:6379"
+    # retraining_job ends with the `deployment` asset, which patches the RayService it names.
+    assert env["FRAUDPIPE_SERVING__RAYSERVICE"].value == "fraudpipe"
+    assert env["FRAUDPIPE_SERVING__NAMESPACE"].value == NAMESPACE
     assert env["RAY_AUTH_MODE"].value == "token"
     token = env["RAY_AUTH_TOKEN"].value_from.secret_key_ref
     assert (token.name, token.key) == ("fraudpipe-ray-token", "auth_token")
     secrets = [source.secret_ref.name for source in container.env_from if source.secret_ref]
-    assert "fraudpipe-env" in secrets  # FRAUDPIPE_MLFLOW_PG_URL, FRAUDPIPE_REDIS, ... of .env.prod.example
+    # FRAUDPIPE_MLFLOW_PG_URL, FRAUDPIPE_ONLINE_URL, ... of .env.prod.example
+    assert "fraudpipe-env" in secrets
     mounts = {m.name: m.mount_path for m in container.volume_mounts}
     assert mounts["data"] == "/data"
     assert {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -18,15 +19,15 @@ from assets.monitoring import (
     serving_summary,
 )
 from feature_repo.windows import MODEL_FEATURES
-from orchestration.resources import MonitoringResource
 from serving.metrics import ServingMetrics
-from tests.conftest import ServedData
+from settings import MonitoringSettings, ServingSettings
+from tests.conftest import ServedData, local_settings
 
 DAY = "2018-08-08"
 
 
 def _materialize(served: ServedData, day: str) -> dict[str, dict[str, Any]]:
-    resources = {**served.resources, "monitoring": MonitoringResource(evidently_reports=False)}
+    resources = {**served.resources, "monitoring": MonitoringSettings(evidently_reports=False)}
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [feature_drift, prediction_drift, outcome_metrics],
@@ -95,10 +96,9 @@ def test_serving_summary_reads_quantiles_and_error_rates_from_the_exposition() -
     assert summary["p50_ms"] <= 5 < summary["p95_ms"] <= 50 < summary["p99_ms"] <= 500
 
 
-def test_serving_health_reports_a_server_that_does_not_answer() -> None:
-    result = dg.materialize(
-        [serving_health], resources={"monitoring": MonitoringResource(serve_url="http://127.0.0.1:9")}
-    )
+def test_serving_health_reports_a_server_that_does_not_answer(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path, serving=ServingSettings(ray_metrics_port=9))
+    result = dg.materialize([serving_health], resources={"settings": settings})
     (event,) = result.get_asset_materialization_events()
     status = event.materialization.metadata["status"].value
     assert str(status).startswith(f"{INSUFFICIENT}: http://127.0.0.1:9/metrics did not answer")

@@ -1,13 +1,13 @@
 """The self-healing loop on the simulator's drift scenarios, through the production path.
 
 Each scenario trains a champion on 70 days of history, then replays live days
-one at a time (`orchestration.live_loop`): events to the real Kafka protocol
+one at a time (`demo.live_loop`): events to the real Kafka protocol
 (librdkafka's mock cluster), the stream consumer, the scoring service (in
 process: the same `ScoringService` the Ray deployment runs, to keep Ray's
 start-up out of every scenario), its prediction log back through the bus,
 Dagster's ingestion and monitoring jobs, then the retraining sensors' ticks,
-retraining runs and the promotion gate. Thresholds are the defaults of
-`MonitoringResource`, the ones `make demo` uses.
+retraining runs, the promotion gate and the deployment. Thresholds are the defaults
+of `MonitoringSettings`, the ones `make demo` uses.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
+from demo.live_loop import DayReport, Happening
+from demo.scenario import ScenarioPlan, history, initial_model_config, live, prepare_history
+from demo.scorers import InProcessScorer
 from feature_repo.windows import MODEL_FEATURES
 from modeling import registry
 from modeling.train import score
 from orchestration.jobs import RETRAINING_JOB
-from orchestration.live_loop import DayReport, Happening
-from orchestration.resources import MonitoringResource
-from orchestration.scenario import ScenarioPlan, history, initial_model_config, live, prepare_history
-from serving.clients import InProcessScorer
-from serving.config import ServingConfig
+from settings import MonitoringSettings, ServingConfig, Settings
 from simulator import SimulatedData, SimulatorConfig, simulate, write_dataset
+from tests.conftest import local_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scenario]
 
@@ -81,6 +81,12 @@ def _plan(data: SimulatedData, live_days: int) -> ScenarioPlan:
     return ScenarioPlan(data, LIVE_START, live_days, initial_model_config(LIVE_START, FAST))
 
 
+def _settings(root: Path) -> Settings:
+    """The local profile over `root/data`, with the default thresholds but no Evidently report."""
+    settings = local_settings(root / "data")
+    return settings.model_copy(update={"monitoring": MonitoringSettings(evidently_reports=False)})
+
+
 @pytest.fixture(scope="module")
 def history_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The history landed, the first champion trained and the online buffers warmed, once:
@@ -91,7 +97,7 @@ def history_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "dagster").mkdir()
     instance = dg.DagsterInstance.local_temp(tempdir=str(root / "dagster"))
     try:
-        prepare_history(_plan(data, 1), "local", root / "data", instance)
+        prepare_history(_plan(data, 1), _settings(root), instance)
     finally:
         instance.dispose()
     return root
@@ -113,11 +119,9 @@ def _run(drift: str, live_days: int, template: Path, tmp_path: Path) -> Scenario
     try:
         with live(
             _plan(data, live_days),
-            "local",
-            tmp_path / "data",
+            _settings(tmp_path),
             instance,
             lambda r: InProcessScorer(r["stream"], r["mlflow"], ServingConfig()),
-            MonitoringResource(evidently_reports=False),
         ) as (loop, days):
             reports = list(days)
         runs = list(instance.get_runs(dg.RunsFilter(job_name=RETRAINING_JOB)))

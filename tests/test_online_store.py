@@ -19,15 +19,15 @@ import redis
 
 from feature_repo.engine import FEATURE_TIMESTAMP, feature_table
 from feature_repo.on_demand import calendar_features
-from feature_repo.windows import CUSTOMER_SPENDING, MODEL_FEATURES, TERMINAL_RISK
-from simulator import SimulatedData, SimulatorConfig, simulate
-from streaming.online import (
+from feature_repo.online import (
     EventBuffers,
     RedisEventBuffers,
     SqliteEventBuffers,
     StaleReadError,
     open_event_buffers,
 )
+from feature_repo.windows import CUSTOMER_SPENDING, MODEL_FEATURES, TERMINAL_RISK
+from simulator import SimulatedData, SimulatorConfig, simulate
 from tests.conftest import REDIS_URL
 
 DAY = pd.Timedelta(days=1)

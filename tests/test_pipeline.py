@@ -3,24 +3,40 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
 import mlflow
+import pytest
 from typer.testing import CliRunner
 
 from feature_repo.windows import MODEL_FEATURES
 from modeling import registry
 from orchestration.cli import app
 from orchestration.definitions import build_definitions
+from orchestration.jobs import RANGE_END, RANGE_START
 from orchestration.profiles import build_resources
-from orchestration.runner import RANGE_END, RANGE_START, source_days
+from orchestration.runner import source_days
+from settings import ServingSettings
 from simulator import SimulatedData, write_dataset
-from tests.conftest import FAST_MODEL, PipelineRun
+from tests.conftest import FAST_MODEL, PipelineRun, local_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def no_serve() -> ServingSettings:
+    """Serving settings whose Ray dashboard port nothing listens on: no Serve runs for `deployment`
+    to reconfigure (not even another test's), so it only records the versions."""
+    return ServingSettings(ray_dashboard_port=_free_port())
 
 
 def test_definitions_validate(tmp_path: Path) -> None:
@@ -39,12 +55,14 @@ def test_definitions_validate(tmp_path: Path) -> None:
 
 
 def test_graph_groups_and_blocking_checks(tmp_path: Path) -> None:
-    defs = build_definitions(build_resources("local", tmp_path))
+    defs = build_definitions(build_resources(local_settings(tmp_path)))
     graph = defs.resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups["raw_transactions"] == groups["fraud_reports"] == "ingestion"
     assert groups["customer_spending"] == groups["terminal_risk"] == "features"
     assert groups["training_set"] == groups["fraud_model"] == groups["registered_model"] == "training"
+    assert groups["champion"] == "training" and groups["deployment"] == "serving"
+    assert "online_features" not in groups
     specs = {
         spec.name: spec.blocking
         for definition in [*(defs.assets or []), *(defs.asset_checks or [])]
@@ -65,7 +83,7 @@ def test_materialize_whole_graph(small_data: SimulatedData, tmp_path: Path) -> N
     what the ingestion and training assets take), and they are tested day by day in
     `test_monitoring_scenarios.py`."""
     write_dataset(small_data, tmp_path / "source")
-    resources = build_resources("local", tmp_path)
+    resources = build_resources(local_settings(tmp_path, serving=no_serve()))
     defs = build_definitions(resources)
     first, last = source_days(resources)
     assets = [
@@ -90,11 +108,13 @@ def test_materialize_whole_graph(small_data: SimulatedData, tmp_path: Path) -> N
             "customer_spending",
             "terminal_risk",
             "feature_registry",
-            "online_features",
             "training_set",
             "fraud_model",
             "registered_model",
+            "champion",
+            "deployment",
         } <= materialized
+        assert "online_features" not in materialized
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks == {
             "check_raw_transactions": True,
@@ -102,6 +122,14 @@ def test_materialize_whole_graph(small_data: SimulatedData, tmp_path: Path) -> N
             "check_training_set": True,
             "check_promotion_gate": True,
         }
+        (deployed,) = result.asset_materializations_for_node("deployment")
+        assert deployed.metadata["champion_version"].value == "1"
+        assert str(deployed.metadata["applied"].value).startswith("recorded")
+    models = resources["mlflow"]
+    models.activate()
+    client = models.client()
+    assert registry.alias_version(client, models.model_name, registry.CHAMPION) == "1"
+    assert registry.recorded_deployment(client, models.model_name) == registry.Deployment("1", "1")
 
 
 def test_pipeline_outputs(pipeline_run: PipelineRun) -> None:
@@ -119,6 +147,8 @@ def test_pipeline_outputs(pipeline_run: PipelineRun) -> None:
     registered = meta["registered_model"]
     assert registered["feature_service"] == "fraud_model_v1"
     assert len(registered["data_snapshot_id"]) == 16
+    assert meta["champion"]["version"] == registered["version"] == "1"
+    assert meta["deployment"]["champion_version"] == "1"
 
 
 def test_registered_model_is_ubj_with_signature(pipeline_run: PipelineRun) -> None:
@@ -139,50 +169,77 @@ def test_registered_model_is_ubj_with_signature(pipeline_run: PipelineRun) -> No
     assert [c.name for c in info.signature.inputs.inputs] == list(MODEL_FEATURES)
 
 
-def test_promotion_gate_and_rollback(pipeline_run: PipelineRun, monkeypatch) -> None:
-    """Only a challenger that beats the champion on the same week is promoted; rollback undoes one."""
+def test_promotion_gate_and_rollback(
+    pipeline_run: PipelineRun, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Only a challenger that beats the champion on the same week is promoted; rollback undoes one
+    and re-pins serving to the restored champion."""
+    serving = no_serve()
     monkeypatch.setenv("FRAUDPIPE_DATA_DIR", str(pipeline_run.data_dir))
-    store = pipeline_run.resources["mlflow"]
+    monkeypatch.setenv("FRAUDPIPE_SERVING__RAY_DASHBOARD_PORT", str(serving.ray_dashboard_port))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))  # where `rollback` runs deployment_job
+    resources = build_resources(local_settings(pipeline_run.data_dir, serving=serving))
+    store = resources["mlflow"]
     store.activate()
     client = store.client()
     name = store.model_name
-    job = build_definitions(pipeline_run.resources).resolve_implicit_global_asset_job_def()
+    job = build_definitions(resources).resolve_implicit_global_asset_job_def()
+    retraining = [dg.AssetKey(key) for key in ("fraud_model", "registered_model", "champion", "deployment")]
 
-    def retrain(config: dict) -> dg.AssetCheckEvaluation:
+    def retrain(config: dict) -> tuple[dg.ExecuteInProcessResult, dg.AssetCheckEvaluation]:
         with dg.instance_for_test() as instance:
             result = job.execute_in_process(
                 instance=instance,
-                asset_selection=[dg.AssetKey("fraud_model"), dg.AssetKey("registered_model")],
+                asset_selection=retraining,
                 run_config={"ops": {"fraud_model": {"config": config}}},
+                raise_on_error=False,
             )
         (gate,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "check_promotion_gate"]
-        return gate
+        return result, gate
+
+    def materialized(result: dg.ExecuteInProcessResult) -> set[str]:
+        return {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
 
     def champion() -> str | None:
         return registry.alias_version(client, name, registry.CHAMPION)
+
+    def deployed() -> registry.Deployment | None:
+        return registry.recorded_deployment(client, name)
 
     def rollback() -> CliRunner:
         return CliRunner().invoke(app, ["rollback"])
 
     stump = {"n_folds": 2, "n_estimators": [1], "max_depth": [1], "learning_rate": [0.01]}
-    weak = retrain(stump)
-    assert not weak.passed and weak.metadata["promoted"].value is False
+    failed, weak = retrain(stump)
+    assert not failed.success, "a failed blocking gate fails the run"
+    assert not weak.passed and weak.severity == dg.AssetCheckSeverity.ERROR
     assert (
         weak.metadata["challenger_average_precision"].value
         < weak.metadata["champion_average_precision"].value
     )
+    assert {"fraud_model", "registered_model"} <= materialized(failed)
+    assert not {"champion", "deployment"} & materialized(failed)
     assert (champion(), registry.alias_version(client, name, registry.CHALLENGER)) == ("1", "2")
+    assert deployed() == registry.Deployment("1", "1"), "the pipeline's deployment, untouched"
 
     registry.promote(client, name, "2", "a bad promotion by hand")
     result = rollback()
     assert result.exit_code == 0, result.output
     assert "v2 -> v1" in result.output and champion() == "1"
     assert client.get_model_version(name, "2").tags["rolled_back"] == "true"
+    assert "deployment: champion v1, recorded" in result.output
+    assert deployed() == registry.Deployment("1", "2"), "deployment_job re-pins the restored champion"
     refused = rollback()
     assert refused.exit_code == 1 and "no earlier champion" in refused.output
 
     registry.promote(client, name, "2", "the stump again, to be beaten")
-    real = retrain(FAST_MODEL["ops"]["fraud_model"]["config"])
-    assert real.passed and real.metadata["promoted"].value is True
+    succeeded, real = retrain(FAST_MODEL["ops"]["fraud_model"]["config"])
+    assert succeeded.success and real.passed
+    assert {"champion", "deployment"} <= materialized(succeeded)
+    (moved,) = succeeded.asset_materializations_for_node("champion")
+    assert (moved.metadata["version"].value, moved.metadata["previous"].value) == ("3", "2")
     assert champion() == "3"
-    assert rollback().exit_code == 0 and champion() == "2"
+    assert deployed() == registry.Deployment("3", "3")
+    again = rollback()
+    assert again.exit_code == 0, again.output
+    assert champion() == "2" and deployed() == registry.Deployment("2", "3")

@@ -17,9 +17,10 @@ import pytest
 from assets.training_set import build_training_set, settled_transactions
 from feature_repo.definitions import feast_objects
 from feature_repo.engine import feature_table
+from feature_repo.store import FeastStore
 from feature_repo.windows import FEATURE_GROUPS, LABEL_DELAY_DAYS, MODEL_FEATURES, WINDOWS_DAYS
-from orchestration.resources import FeastResource, LakeResource
-from tests.conftest import PipelineRun
+from orchestration.resources import LakeResource
+from tests.conftest import PipelineRun, local_settings
 
 DAY = pd.Timedelta(days=1)
 
@@ -89,7 +90,7 @@ def _training_set_from(events: pd.DataFrame, reports: pd.DataFrame, data_dir: Pa
     lake = LakeResource(root=str(data_dir / "lake"))
     for group in FEATURE_GROUPS:
         lake.write_table(group.name, feature_table(group, events, reports if group.uses_labels else None))
-    feast = FeastResource(profile="local", data_dir=str(data_dir), project="pit")
+    feast = FeastStore.from_settings(local_settings(data_dir, feast_project="pit"))
     objects, _ = feast_objects({g.name: lake.table_path(g.name) for g in FEATURE_GROUPS})
     feast.store().apply(objects)
     return build_training_set(feast, settled_transactions(events, reports)).set_index("TRANSACTION_ID")

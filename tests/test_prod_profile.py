@@ -1,12 +1,13 @@
 """The prod profile runs the same graph against this machine's PostgreSQL and Redis.
 
-Each run gets its own databases and Feast project (the Redis key suffix), and
+Each run gets its own databases, Feast project and stream namespace, and
 removes them afterwards.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,42 +18,62 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
+from feature_repo.store import FeastStore
+from feature_repo.windows import FEATURE_SERVICE_NAME
 from orchestration.postgres import drop_database, ensure_database
-from orchestration.profiles import PROJECT_ROOT, build_resources
-from orchestration.resources import FeastResource
+from orchestration.profiles import build_resources
 from orchestration.runner import run_pipeline
+from settings import PROJECT_ROOT, ServingSettings, Settings, SettingsError, StreamSettings, load_settings
 from simulator import SimulatedData, write_dataset
-from tests.conftest import FAST_MODEL
+from tests.conftest import FAST_MODEL, REDIS_URL
 
 pytestmark = pytest.mark.integration
 
 PG = "postgres@127.0.0.1:5432"
-REDIS = "127.0.0.1:6379,db=0"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
-def prod_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+def prod_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
+    """The prod profile over `tmp_path`, with databases, a Feast project and a stream namespace of its own."""
     run = uuid.uuid4().hex[:10]
     urls = {
         # dagster-postgres speaks psycopg2; MLflow and Feast take psycopg 3.
-        "FRAUDPIPE_DAGSTER_PG_URL": f"postgresql+psycopg2://{PG}/fp_{run}_dagster",
-        "FRAUDPIPE_MLFLOW_PG_URL": f"postgresql+psycopg://{PG}/fp_{run}_mlflow",
-        "FRAUDPIPE_FEAST_PG_URL": f"postgresql+psycopg://{PG}/fp_{run}_feast",
+        "dagster_pg_url": f"postgresql+psycopg2://{PG}/fp_{run}_dagster",
+        "mlflow_pg_url": f"postgresql+psycopg://{PG}/fp_{run}_mlflow",
+        "feast_pg_url": f"postgresql+psycopg://{PG}/fp_{run}_feast",
     }
-    env = {**urls, "FRAUDPIPE_REDIS": REDIS, "FRAUDPIPE_FEAST_PROJECT": f"fptest_{run}"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    # The Dagster instance's dagster.yaml reads its database URL from the environment itself.
+    monkeypatch.setenv("FRAUDPIPE_DAGSTER_PG_URL", urls["dagster_pg_url"])
+    namespace = f"fptest_{run}"
+    settings = load_settings(
+        profile="prod",
+        data_dir=tmp_path,
+        bus_url=REDIS_URL,
+        online_url=REDIS_URL,
+        feast_project=namespace,
+        stream=StreamSettings(topic_prefix=f"{namespace}.", online_prefix=f"{namespace}:"),
+        # No Serve answers there (not even another test's): `deployment` only records the versions.
+        serving=ServingSettings(ray_dashboard_port=_free_port()),
+        **urls,
+    )
     for url in urls.values():
         ensure_database(url)
     try:
-        yield env
+        yield settings
     finally:
         for url in urls.values():
             drop_database(url)
-        client = redis.Redis(host="127.0.0.1", port=6379, db=0)
-        keys = list(client.scan_iter(match=f"*{env['FRAUDPIPE_FEAST_PROJECT']}".encode(), count=1000))
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
         if keys:
             client.delete(*keys)
+        client.close()
 
 
 def _count(url: str, query: str) -> int:
@@ -61,20 +82,41 @@ def _count(url: str, query: str) -> int:
         return int(row[0]) if row else 0
 
 
+def _secret(settings: Settings, name: str) -> str:
+    value = getattr(settings, name)
+    assert value is not None
+    return str(value.get_secret_value())
+
+
+def test_prod_profile_needs_every_server_url(tmp_path: Path) -> None:
+    """The settings refuse the prod profile without its servers, naming each missing variable."""
+    with pytest.raises(SettingsError) as refused:
+        load_settings(
+            profile="prod",
+            data_dir=tmp_path,
+            bus_url=REDIS_URL,
+            mlflow_pg_url=f"postgresql+psycopg://{PG}/x",
+            feast_pg_url=f"postgresql+psycopg://{PG}/y",
+        )
+    message = str(refused.value)
+    assert "FRAUDPIPE_ONLINE_URL" in message and "FRAUDPIPE_DAGSTER_PG_URL" in message
+    assert "FRAUDPIPE_BUS_URL" not in message and "FRAUDPIPE_MLFLOW_PG_URL" not in message
+
+
 def test_prod_profile_runs_the_graph(
-    prod_env: dict[str, str], small_data: SimulatedData, tmp_path: Path
+    prod_settings: Settings, small_data: SimulatedData, tmp_path: Path
 ) -> None:
     write_dataset(small_data, tmp_path / "source")
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "orchestration" / "instance" / "prod" / "dagster.yaml", home / "dagster.yaml")
-    resources = build_resources("prod", tmp_path)
+    resources = build_resources(prod_settings)
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         results = run_pipeline(resources, instance, FAST_MODEL)
         assert all(r.success for r in results.values())
 
-    dagster_db = prod_env["FRAUDPIPE_DAGSTER_PG_URL"]
+    dagster_db = _secret(prod_settings, "dagster_pg_url")
     assert _count(dagster_db, "SELECT count(*) FROM runs") == 2
     assert (
         _count(
@@ -83,29 +125,24 @@ def test_prod_profile_runs_the_graph(
         > 5
     )
 
-    mlflow_db = prod_env["FRAUDPIPE_MLFLOW_PG_URL"]
+    mlflow_db = _secret(prod_settings, "mlflow_pg_url")
     assert _count(mlflow_db, "SELECT count(*) FROM model_versions WHERE name = 'fraud_model'") == 1
     assert _count(mlflow_db, "SELECT count(*) FROM registered_model_aliases WHERE alias = 'champion'") == 1
+    # The `deployment` asset recorded the pinned versions in the same registry.
+    assert (
+        _count(
+            mlflow_db,
+            "SELECT count(*) FROM registered_model_tags WHERE name = 'fraud_model' AND key = 'deployment'",
+        )
+        == 1
+    )
 
-    project = prod_env["FRAUDPIPE_FEAST_PROJECT"]
-    feast_db = prod_env["FRAUDPIPE_FEAST_PG_URL"]
+    project = prod_settings.feast_project
+    feast_db = _secret(prod_settings, "feast_pg_url")
     assert _count(feast_db, f"SELECT count(*) FROM feature_views WHERE project_id = '{project}'") == 2
     assert _count(feast_db, f"SELECT count(*) FROM feature_services WHERE project_id = '{project}'") == 1
 
-    keys = list(redis.Redis(host="127.0.0.1", port=6379).scan_iter(match=f"*{project}".encode(), count=1000))
-    entities = small_data.customers.shape[0] + small_data.terminals.shape[0]
-    assert 0.9 * entities <= len(keys) <= entities
-
-    store = FeastResource(
-        profile="prod",
-        data_dir=str(tmp_path),
-        project=project,
-        registry_url=feast_db,
-        redis_connection=REDIS,
-    ).store()
-    customer = int(small_data.events()["CUSTOMER_ID"].iloc[-1])
-    online = store.get_online_features(
-        features=["customer_spending:CUSTOMER_ID_NB_TX_30DAY_WINDOW"], entity_rows=[{"CUSTOMER_ID": customer}]
-    ).to_dict()
-    assert online["CUSTOMER_ID_NB_TX_30DAY_WINDOW"][0] is not None
-    assert online["CUSTOMER_ID_NB_TX_30DAY_WINDOW"][0] > 0
+    # The profile's Feast store reads that registry.
+    store = FeastStore.from_settings(prod_settings).store()
+    assert store.get_feature_service(FEATURE_SERVICE_NAME).name == FEATURE_SERVICE_NAME
+    assert {view.name for view in store.list_feature_views()} == {"customer_spending", "terminal_risk"}

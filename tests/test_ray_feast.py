@@ -1,13 +1,12 @@
 """The cluster profile's Feast: point-in-time joins on the Ray cluster equal the DuckDB path's.
 
 The store is the one `feature_repo/profiles/cluster/feature_store.yaml`
-describes, through `FeastResource(profile="cluster")`: its registry in a
+describes, through `FeastStore(profile="cluster")`: its registry in a
 PostgreSQL database of its own (dropped afterwards), its offline store
 `RayAsofOfflineStore` on the session's two-node `ray_cluster`, over the feature
 tables the session's `pipeline_run` wrote with the local profile. The
 reference is the local profile itself: its DuckDB ASOF store on the same
-tables and registry objects, and the SQLite online store its `online_features`
-asset filled, against the cluster profile's Ray engine writing to Redis.
+tables and registry objects.
 
 The test process joins the cluster as a driver with its token
 (`LocalRayCluster.driver`) and leaves it through Feast's own `shutdown_ray`,
@@ -26,55 +25,47 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
-import ray.data
-import redis
 
-from assets.features import feature_registry, online_features
+from assets.features import feature_registry
 from assets.raw import load_reports, load_transactions
 from assets.training_set import build_training_set, settled_transactions
 from feature_repo.engine import FEATURE_TIMESTAMP
+from feature_repo.store import FeastStore
 from feature_repo.windows import FEATURE_GROUPS, LABEL
 from orchestration.postgres import drop_database, ensure_database
-from orchestration.resources import FeastResource, LakeResource
+from orchestration.resources import LakeResource
 from tests.conftest import PipelineRun
 from tests.ray_cluster import LocalRayCluster
 
 pytestmark = pytest.mark.integration
 
 PG = "postgres@127.0.0.1:5432"
-REDIS = "127.0.0.1:6379,db=0"
 
 
 @pytest.fixture
-def cluster_feast(pipeline_run: PipelineRun, ray_cluster: LocalRayCluster) -> Iterator[FeastResource]:
+def cluster_feast(pipeline_run: PipelineRun, ray_cluster: LocalRayCluster) -> Iterator[FeastStore]:
     """The cluster profile's Feast over the session's feature tables, its registry applied."""
     from feast.infra.ray_initializer import shutdown_ray
 
     run = uuid.uuid4().hex[:10]
     registry_url = f"postgresql+psycopg://{PG}/fp_{run}_feast"
     ensure_database(registry_url)
-    feast = FeastResource(
+    feast = FeastStore(
         profile="cluster",
-        data_dir=str(pipeline_run.data_dir),
+        data_dir=pipeline_run.data_dir,
         project=f"fptest_{run}",
         registry_url=registry_url,
-        redis_connection=REDIS,
         ray_address=ray_cluster.address,
     )
     try:
         with ray_cluster.driver():
             try:
-                feature_registry(lake=pipeline_run.resources["lake"], feast=feast)
+                feature_registry(feast=feast)
                 yield feast
             finally:
                 shutdown_ray()
     finally:
         drop_database(registry_url)
-        client = redis.Redis(host="127.0.0.1", port=6379, db=0)
-        keys = list(client.scan_iter(match=f"*{feast.project}".encode(), count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 def _assert_on_cluster() -> None:
@@ -103,9 +94,9 @@ def _timed(build: Callable[[], T]) -> tuple[T, float]:
     return result, time.perf_counter() - started
 
 
-def test_training_set_on_ray_equals_duckdb(pipeline_run: PipelineRun, cluster_feast: FeastResource) -> None:
+def test_training_set_on_ray_equals_duckdb(pipeline_run: PipelineRun, cluster_feast: FeastStore) -> None:
     lake: LakeResource = pipeline_run.resources["lake"]
-    local: FeastResource = pipeline_run.resources["feast"]
+    local: FeastStore = pipeline_run.resources["feast"]
     labelled = settled_transactions(load_transactions(lake), load_reports(lake))
 
     duckdb, duckdb_s = _timed(lambda: build_training_set(local, labelled))
@@ -128,11 +119,11 @@ def test_training_set_on_ray_equals_duckdb(pipeline_run: PipelineRun, cluster_fe
 
 
 def test_ttl_and_repeated_rows_on_ray_equal_duckdb(
-    pipeline_run: PipelineRun, cluster_feast: FeastResource
+    pipeline_run: PipelineRun, cluster_feast: FeastStore
 ) -> None:
     """Entity rows between and long after feature rows, and repeated rows: each view's TTL decides."""
     lake: LakeResource = pipeline_run.resources["lake"]
-    local: FeastResource = pipeline_run.resources["feast"]
+    local: FeastStore = pipeline_run.resources["feast"]
     rng = np.random.default_rng(3)
     sample = load_transactions(lake).sample(4_000, random_state=3, ignore_index=True)
     later = pd.to_timedelta(rng.integers(0, 80 * 86_400, len(sample)), unit="s")
@@ -156,40 +147,3 @@ def test_ttl_and_repeated_rows_on_ray_equal_duckdb(
         print(f"\n{group.name}: {stale} of {len(duckdb)} rows past the {group.horizon_days}-day TTL")
         assert 100 < stale < len(duckdb) - 1_000, f"{group.name}: no TTL expiry exercised"
     pd.testing.assert_frame_equal(on_ray, _in_nanoseconds(duckdb, FEATURE_TIMESTAMP), check_exact=True)
-
-
-@pytest.fixture
-def parquet_reader_v1() -> Iterator[None]:
-    """Ray Data's v1 parquet reader for the reads this process starts (Feast's engine reads the tables).
-
-    The v2 reader, Ray Data's default, starts 32 footer-reading actors per read
-    (`RAY_DATA_PARQUET_FOOTER_NUM_ACTORS`): on the two-core test machine each
-    read of a one-file feature table spent a minute starting workers. Both
-    read the same rows.
-    """
-    context = ray.data.DataContext.get_current()
-    saved = context.use_datasource_v2
-    context.use_datasource_v2 = False
-    yield
-    context.use_datasource_v2 = saved
-
-
-def test_materialisation_on_ray_equals_local(
-    pipeline_run: PipelineRun, cluster_feast: FeastResource, parquet_reader_v1: None
-) -> None:
-    """The `online_features` asset through the Ray engine into Redis, against the local profile's SQLite."""
-    lake: LakeResource = pipeline_run.resources["lake"]
-    local = pipeline_run.resources["feast"].store()
-    _, ray_s = _timed(lambda: online_features(lake=lake, feast=cluster_feast))
-    _assert_on_cluster()
-    print(f"\nmaterialisation through the Ray engine: {ray_s:.2f} s")
-
-    on_ray = cluster_feast.store()
-    for group in FEATURE_GROUPS:
-        ids = pd.read_parquet(lake.table_path(group.name), columns=[group.join_key])[group.join_key].unique()
-        rows = [{group.join_key: int(i)} for i in sorted(ids)]
-        refs = [f"{group.name}:{name}" for name in group.feature_names]
-        expected = pd.DataFrame(local.get_online_features(features=refs, entity_rows=rows).to_dict())
-        served = pd.DataFrame(on_ray.get_online_features(features=refs, entity_rows=rows).to_dict())
-        assert expected[group.feature_names].notna().all(axis=1).sum() > len(ids) / 2, group.name
-        pd.testing.assert_frame_equal(served, expected, check_exact=True)

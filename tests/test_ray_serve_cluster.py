@@ -2,15 +2,16 @@
 
 The cluster is the session's `ray_cluster`: a head and a worker raylet
 started by `ray start` (tests/ray_cluster.py), token authentication on. The
-application is the cluster profile's Serve config (serving/config/cluster.yaml)
-deployed the way `python -m serving run` deploys it under that profile
-(`deploy.start_on_cluster`). Its replicas read the local profile's stores,
-a copy of the session's pipeline output: on one machine every node sees
-the same files. Two settings differ from the file, both because the two
-nodes share one machine: the proxy runs on the head only (two proxies
-cannot bind one address), and the autoscaler may not go past the two
-replicas the four logical CPUs hold, so "capacity back" means two running
-replicas again.
+application is the cluster profile's Serve config (`serving.deploy.serve_config`)
+with the pipeline's deployed versions, applied through the head's Serve REST
+API as `python -m serving run` applies it under that profile. Its replicas
+read the local profile's stores, a copy of the session's pipeline output: on
+one machine every node sees the same files. Three settings differ from the
+rendered config, all because the two nodes share one machine: the replicas'
+profile is local (the cluster profile's servers do not exist here), the
+proxy runs on the head only (two proxies cannot bind one address), and the
+autoscaler may not go past the two replicas the four logical CPUs hold, so
+"capacity back" means two running replicas again.
 
 The measurements (error rate, time until capacity is back) are printed and
 written to test-artifacts/ray_cluster_failover.json; what is asserted is
@@ -32,11 +33,12 @@ from typing import Any
 import httpx
 import pytest
 import ray
+from pydantic import SecretStr
 from ray import serve
 
 from modeling import registry
 from serving import deploy
-from serving.model import ModelStore
+from settings import ServingSettings, Settings
 from streaming.bus_kafka import KafkaBus
 from tests.conftest import ServedData, score_body
 from tests.ray_cluster import LocalRayCluster, free_port
@@ -76,8 +78,7 @@ def _node_names() -> dict[str, str]:
 def _replica_nodes() -> list[str]:
     """Node ids of the scoring replicas alive now.
 
-    From the GCS actor table: Ray's state API would need the dashboard,
-    which this cluster leaves out.
+    From the GCS actor table: a private API, but one read with no dashboard round trip.
     """
     actors = ray._private.state.actors()  # type: ignore[attr-defined]
     return sorted(
@@ -99,28 +100,40 @@ def served(served_data: ServedData, kafka_bootstrap: str, ray_cluster: LocalRayC
     stream = served_data.resources["stream"]
     stream.publish_local_broker(kafka_bootstrap)
     KafkaBus(kafka_bootstrap).ensure_topics([stream.topics().predictions])
-    with pytest.MonkeyPatch.context() as env, ray_cluster.driver():
-        env.setenv("FRAUDPIPE_PROFILE", "local")
-        env.setenv("FRAUDPIPE_DATA_DIR", str(served_data.data_dir))
-        config = deploy.load_config("local", deploy.CONFIG_DIR / "cluster.yaml")
-        config["proxy_location"] = "HeadOnly"
-        config["http_options"]["port"] = free_port()
-        scoring = next(d for d in deploy.application(config)["deployments"] if d["name"] == deploy.DEPLOYMENT)
-        scoring["autoscaling_config"]["max_replicas"] = scoring["autoscaling_config"]["min_replicas"]
-        deploy.start_on_cluster(config, ray_cluster.address)
+    # The cluster profile's settings as far as the Serve config needs them (its servers do not exist here).
+    settings = Settings.model_construct(
+        profile="cluster",
+        data_dir=served_data.data_dir,
+        ray_address=ray_cluster.address,
+        ray_auth_token=SecretStr(ray_cluster.token),
+        serving=ServingSettings(port=free_port(), ray_dashboard_port=ray_cluster.dashboard_port),
+    )
+    models = served_data.resources["mlflow"]
+    models.activate()
+    deployment = registry.recorded_deployment(models.client(), models.model_name)
+    assert deployment is not None
+    config = deploy.serve_config(settings, deployment)
+    config["proxy_location"] = "HeadOnly"
+    application = config["applications"][0]
+    application["runtime_env"]["env_vars"]["FRAUDPIPE_PROFILE"] = "local"
+    scoring = application["deployments"][0]
+    scoring["autoscaling_config"]["max_replicas"] = scoring["autoscaling_config"]["min_replicas"]
+    api = deploy.ServeApi(settings)
+    with ray_cluster.driver():
+        api.deploy(config)
+        # A driver only to look at where the replicas run (the GCS's actor table).
+        ray.init(address=ray_cluster.address, log_to_driver=False)
         try:
-            models = ModelStore(served_data.resources["mlflow"])
-            deploy.AliasWatcher(config, models.alias).sync()
-            champion = models.alias(registry.CHAMPION)
-            assert champion is not None
+            champion = deployment.champion
             rows = served_data.resources["lake"].read_table("training_set").tail(2_000)
             yield Served(
-                url=f"http://127.0.0.1:{config['http_options']['port']}",
+                url=settings.serving.url,
                 champion=champion,
                 bodies=[score_body(row) for _, row in rows.iterrows()],
                 node_ids=_node_names(),
             )
         finally:
+            api.close()
             serve.shutdown()
             ray.shutdown()
             # The last module of the session to use the cluster (test_ray_feast sorts before

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from orchestration.monitoring_runs import monitoring_requests
-from orchestration.resources import LakeResource, MonitoringResource
+from orchestration.resources import LakeResource
 from orchestration.retraining import (
     REASON_TAG,
     TRIGGER_DAY_TAG,
@@ -23,6 +23,7 @@ from orchestration.retraining import (
     performance_sensor,
     retrain_run_config,
 )
+from settings import MonitoringSettings
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def lake(tmp_path: Path) -> LakeResource:
 
 def _tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, lake: LakeResource, **policy: object):
     context = dg.build_sensor_context(
-        instance=instance, resources={"lake": lake, "monitoring": MonitoringResource(**policy)}
+        instance=instance, resources={"lake": lake, "monitoring": MonitoringSettings(**policy)}
     )
     return sensor.evaluate_tick(context)
 
@@ -49,7 +50,7 @@ def _report(instance: dg.DagsterInstance, asset: str, day: str | None, **metadat
 
 
 def test_retraining_window_ends_at_the_last_settled_day(lake: LakeResource) -> None:
-    config = retrain_run_config(lake, MonitoringResource(retrain_train_days=14, retrain_test_days=3))
+    config = retrain_run_config(lake, MonitoringSettings(retrain_train_days=14, retrain_test_days=3))
     assert config["ops"]["fraud_model"]["config"] == {
         "train_start": "2018-05-27",
         "train_days": 14,
@@ -72,7 +73,7 @@ def test_drift_sensor_fires_once_for_the_first_drifted_day(lake: LakeResource) -
         assert request.tags[TRIGGER_TAG] == "drift"
         assert request.tags[TRIGGER_DAY_TAG] == "2018-06-15"
         assert "A" in request.tags[REASON_TAG] and "0.400" in request.tags[REASON_TAG]
-        assert request.run_config == retrain_run_config(lake, MonitoringResource())
+        assert request.run_config == retrain_run_config(lake, MonitoringSettings())
 
 
 def test_drift_sensor_respects_the_cooldown_of_launched_runs(lake: LakeResource) -> None:
@@ -163,7 +164,7 @@ def test_drift_sensor_decides_each_drifted_day_before_moving_past_it(lake: LakeR
             context = dg.build_sensor_context(
                 instance=instance,
                 cursor=cursor,
-                resources={"lake": lake, "monitoring": MonitoringResource(cooldown_days=0)},
+                resources={"lake": lake, "monitoring": MonitoringSettings(cooldown_days=0)},
             )
             data = drift_sensor.evaluate_tick(context)
             cursor = data.cursor

@@ -23,24 +23,38 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 
+from feature_repo.online import TRANSACTION_COLUMNS, SqliteEventBuffers
 from feature_repo.windows import MODEL_FEATURES
 from modeling import registry
 from serving.api import MAX_BODY_BYTES, build_api
-from serving.config import Rollout, ServingConfig
 from serving.metrics import ServingMetrics
 from serving.model import ModelStore
 from serving.prediction_log import PredictionLog
 from serving.routing import Router, customer_buckets
-from serving.service import ScoringService
+from serving.service import NotReadyError, ScoringService
+from settings import Rollout, ServingConfig
 from streaming.bus_kafka import KafkaBus
-from streaming.online import TRANSACTION_COLUMNS, SqliteEventBuffers
 from tests.conftest import ServedData, register_variant, score_body
+
+
+def _deployed_champion(served: ServedData) -> str:
+    """The version the session's pipeline deployed (its `deployment` asset's record)."""
+    models = served.resources["mlflow"]
+    models.activate()
+    deployment = registry.recorded_deployment(models.client(), models.model_name)
+    assert deployment is not None, "the pipeline deployed no model"
+    return deployment.champion
+
+
+def _pinned(served: ServedData, **config: Any) -> ServingConfig:
+    """A config pinning the deployed champion, as the `deployment` asset pins it into replicas."""
+    return ServingConfig(**{"champion_version": _deployed_champion(served), **config})
 
 
 def _service(served: ServedData, **config: Any) -> ScoringService:
     resources = served.resources
     service = ScoringService(resources["stream"].online(), ModelStore(resources["mlflow"]), ServingMetrics())
-    service.configure(ServingConfig(**config))
+    service.configure(_pinned(served, **config))
     return service
 
 
@@ -57,10 +71,10 @@ def client(service: ScoringService) -> TestClient:
 
 
 COUNTERS = {
-    "cache": "fraudpipe_serve_cache_lookups_total",
-    "swaps": "fraudpipe_serve_model_swaps_total",
-    "scores": "fraudpipe_serve_scores_total",
-    "prediction_log": "fraudpipe_serve_prediction_log_total",
+    "cache": "ray_fraudpipe_serve_cache_lookups_total",
+    "swaps": "ray_fraudpipe_serve_model_swaps_total",
+    "scores": "ray_fraudpipe_serve_scores_total",
+    "prediction_log": "ray_fraudpipe_serve_prediction_log_total",
 }
 
 
@@ -206,7 +220,7 @@ def test_a_read_before_the_online_floor_is_422_on_the_timestamp(
     online.add_transactions(events[list(TRANSACTION_COLUMNS)])
     online.trim()
     service = ScoringService(online, ModelStore(served_data.resources["mlflow"]), ServingMetrics())
-    service.configure(ServingConfig())
+    service.configure(_pinned(served_data))
     client = TestClient(build_api(service))
     old, recent = events.iloc[0], events.iloc[-1]
     refused = client.post("/v1/score", json=score_body(old))
@@ -239,7 +253,7 @@ def test_the_cache_answers_repeats_and_a_swap_empties_it(
     service.close()
 
 
-def test_readiness_needs_a_champion_and_a_reachable_online_store(served_data: ServedData) -> None:
+def test_readiness_needs_a_pinned_champion_and_a_reachable_online_store(served_data: ServedData) -> None:
     resources = served_data.resources
     service = ScoringService(resources["stream"].online(), ModelStore(resources["mlflow"]), ServingMetrics())
     client = TestClient(build_api(service))
@@ -248,7 +262,11 @@ def test_readiness_needs_a_champion_and_a_reachable_online_store(served_data: Se
     assert (
         client.post("/v1/score", json={**score_body(served_data.data.events().iloc[-1])}).status_code == 503
     )
-    service.configure(ServingConfig())
+    # A config pinning no version loads nothing, even with a champion alias in the registry.
+    with pytest.raises(NotReadyError, match="deployment"):
+        service.configure(ServingConfig())
+    assert client.get("/readyz").status_code == 503
+    service.configure(_pinned(served_data))
     assert client.get("/readyz").json()["ready"] is True
     service.close()
 
@@ -260,11 +278,11 @@ def test_metrics_show_latency_batch_sizes_cache_and_errors(
     client.post("/v1/score", json=score_body(training_set.iloc[3], amount=-5))
     text = client.get("/metrics").text
     for series in (
-        'fraudpipe_serve_request_seconds_bucket{endpoint="/v1/score"',
-        "fraudpipe_serve_batch_size_bucket",
-        'fraudpipe_serve_cache_lookups_total{result="miss"}',
-        'fraudpipe_serve_errors_total{kind="validation"}',
-        'fraudpipe_serve_stage_seconds_bucket{le="0.0005",stage="features"}',
+        'ray_fraudpipe_serve_request_seconds_bucket{endpoint="/v1/score"',
+        "ray_fraudpipe_serve_batch_size_bucket",
+        'ray_fraudpipe_serve_cache_lookups_total{result="miss"}',
+        'ray_fraudpipe_serve_errors_total{kind="validation"}',
+        'ray_fraudpipe_serve_stage_seconds_bucket{le="0.0005",stage="features"}',
     ):
         assert series in text, series
 
@@ -304,7 +322,7 @@ def test_ab_split_and_shadow_scoring_through_the_service(
     assert all((s["route"] == "challenger") == (s["model"]["version"] == challenger) for s in scores)
     assert {s["route"] for s in scores} == {"champion", "challenger"}
 
-    service.configure(ServingConfig(challenger_version=challenger, rollout=Rollout(mode="shadow")))
+    service.configure(_pinned(served_data, challenger_version=challenger, rollout=Rollout(mode="shadow")))
     before = _count(service.metrics, "scores", route="shadow", version=challenger)
     shadowed = client.post("/v1/score/batch", json={"transactions": bodies[:50]}).json()["scores"]
     assert {s["route"] for s in shadowed} == {"champion"}
@@ -324,7 +342,7 @@ def test_every_answer_reaches_the_predictions_topic(
     log = PredictionLog(bus.producer, topic, metrics)
     resources = served_data.resources
     service = ScoringService(resources["stream"].online(), ModelStore(resources["mlflow"]), metrics, log)
-    service.configure(ServingConfig())
+    service.configure(_pinned(served_data))
     client = TestClient(build_api(service))
     bodies = [score_body(r) for _, r in training_set.head(30).iterrows()]
     answers = client.post("/v1/score/batch", json={"transactions": bodies}).json()["scores"]
@@ -359,7 +377,7 @@ def test_an_unreachable_bus_never_fails_an_answer(
     resources = served_data.resources
     log = PredictionLog(no_bus, "predictions", metrics)
     service = ScoringService(resources["stream"].online(), ModelStore(resources["mlflow"]), metrics, log)
-    service.configure(ServingConfig())
+    service.configure(_pinned(served_data))
     client = TestClient(build_api(service))
     assert client.post("/v1/score", json=score_body(training_set.iloc[5])).status_code == 200
     service.close()

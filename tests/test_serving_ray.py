@@ -1,10 +1,12 @@
-"""End to end on a real local Ray: deploy, score, hot swap under load, rollback, A/B, shadow, overload.
+"""End to end on a real local Ray: deploy, score, pinned versions, hot swap, rollback, A/B, shadow, overload.
 
 One Ray instance serves the whole module (starting one costs about 40 s
-here). The replica builds its resources from the local profile like every
-other process: the registry and online store are a copy of the session's
-pipeline output, and its prediction log goes to the session's mock Kafka
-cluster through the local broker file.
+here). Every deployment goes through Serve's REST API with the config
+`serving.deploy.serve_config` renders, as the `deployment` asset applies it.
+The replicas read the same settings as this process (from the environment
+Ray's processes inherit): the registry and online store are a copy of the
+session's pipeline output, and the prediction log goes to the session's mock
+Kafka cluster through the local broker file.
 """
 
 from __future__ import annotations
@@ -25,24 +27,39 @@ import pandas as pd
 import pytest
 from ray import serve
 
+from assets.serving import deploy as deployment_asset_step
 from bench.loadgen import LoadSpec, run_in_process
 from feature_repo.windows import MODEL_FEATURES
 from modeling import registry
 from serving import deploy
-from serving.model import ModelStore
+from settings import ServingSettings, Settings
 from streaming.bus_kafka import KafkaBus
-from tests.conftest import ServedData, register_variant, score_body
+from tests.conftest import ServedData, local_settings, register_variant, score_body
 
 pytestmark = pytest.mark.timeout(900)
 
 
 @dataclass
-class Deployment:
+class Served:
     url: str
-    watcher: deploy.AliasWatcher
+    settings: Settings
+    api: deploy.ServeApi
+    config: dict[str, Any]
+    """The config last deployed by the `deployment` step (what the tests restore)."""
     served: ServedData
     kafka_bootstrap: str
     training_set: pd.DataFrame
+
+    def deploy(self, config: dict[str, Any]) -> None:
+        self.api.deploy(config)
+        self.config = config
+
+    def redeploy_pinned(self) -> registry.Deployment:
+        """What the `deployment` asset does: pin the aliases' versions, apply them through Serve's API."""
+        pinned, how = deployment_asset_step(self.settings, self.served.resources["mlflow"])
+        assert how.startswith("applied"), how
+        self.config = deploy.serve_config(self.settings, pinned)
+        return pinned
 
 
 def _free_port() -> int:
@@ -51,24 +68,53 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def with_deployment(config: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A copy of `config` with the scoring deployment's options (or, nested, user_config) changed."""
+    changed = json.loads(json.dumps(config))
+    deployment = changed["applications"][0]["deployments"][0]
+    user_config = fields.pop("user_config", {})
+    deployment.update(fields)
+    deployment["user_config"] = {**deployment["user_config"], **user_config}
+    return changed
+
+
 @pytest.fixture(scope="module")
-def deployed(served_data: ServedData, kafka_bootstrap: str) -> Iterator[Deployment]:
+def deployed(served_data: ServedData, kafka_bootstrap: str) -> Iterator[Served]:
     stream = served_data.resources["stream"]
     stream.publish_local_broker(kafka_bootstrap)
     KafkaBus(kafka_bootstrap).ensure_topics([stream.topics().predictions])
+    settings = local_settings(
+        served_data.data_dir,
+        serving=ServingSettings(
+            port=_free_port(), ray_dashboard_port=_free_port(), ray_metrics_port=_free_port()
+        ),
+    )
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("FRAUDPIPE_PROFILE", "local")
-        env.setenv("FRAUDPIPE_DATA_DIR", str(served_data.data_dir))
-        config = deploy.load_config("local")
-        config["http_options"]["port"] = _free_port()
-        deploy.start_local(config, num_cpus=2)
+        for name, value in settings.to_env().items():  # Ray's processes, hence the replicas, inherit them
+            env.setenv(name, value)
+        deploy.start_local(settings, num_cpus=2)
+        api = deploy.ServeApi(settings)
         try:
-            watcher = deploy.AliasWatcher(config, ModelStore(served_data.resources["mlflow"]).alias)
-            watcher.sync()
-            url = f"http://127.0.0.1:{config['http_options']['port']}"
-            training_set = served_data.resources["lake"].read_table("training_set")
-            yield Deployment(url, watcher, served_data, kafka_bootstrap, training_set)
+            served = Served(
+                settings.serving.url,
+                settings,
+                api,
+                {},
+                served_data,
+                kafka_bootstrap,
+                served_data.resources["lake"].read_table("training_set"),
+            )
+            models = served_data.resources["mlflow"]
+            models.activate()
+            # What `make serve` starts with: the versions the pipeline's deployment recorded.
+            served.deploy(
+                deploy.serve_config(
+                    settings, registry.recorded_deployment(models.client(), models.model_name)
+                )
+            )
+            yield served
         finally:
+            api.close()
             serve.shutdown()
             import ray
 
@@ -112,7 +158,7 @@ def _closed_loop(url: str, bodies: list[dict[str, Any]], concurrency: int) -> An
     return answers
 
 
-def _wait_for(deployed: Deployment, done: Callable[[dict[str, Any]], bool], body: dict[str, Any]) -> None:
+def _wait_for(deployed: Served, done: Callable[[dict[str, Any]], bool], body: dict[str, Any]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         response = httpx.post(f"{deployed.url}/v1/score", json=body, timeout=30)
@@ -122,7 +168,7 @@ def _wait_for(deployed: Deployment, done: Callable[[dict[str, Any]], bool], body
     raise AssertionError("the deployment never reached the expected state")
 
 
-def test_deployed_app_scores_one_and_many_as_offline_and_publishes_its_contract(deployed: Deployment) -> None:
+def test_deployed_app_scores_one_and_many_as_offline_and_publishes_its_contract(deployed: Served) -> None:
     rows = deployed.training_set.tail(200)
     one = httpx.post(f"{deployed.url}/v1/score", json=score_body(rows.iloc[0]), timeout=30)
     assert one.status_code == 200, one.text
@@ -139,9 +185,9 @@ def test_deployed_app_scores_one_and_many_as_offline_and_publishes_its_contract(
 
     sample = deployed.training_set.sample(1_000, random_state=1)
     mlflow = deployed.served.resources["mlflow"]
-    mlflow.activate()
-    version = registry.alias_version(mlflow.client(), mlflow.model_name, registry.CHAMPION)
-    assert version is not None
+    pinned = deploy.pinned(deployed.config)
+    assert pinned is not None
+    version = pinned.champion
     offline = registry.load_model(mlflow.model_name, version).predict_proba(sample[list(MODEL_FEATURES)])[
         :, 1
     ]
@@ -152,11 +198,12 @@ def test_deployed_app_scores_one_and_many_as_offline_and_publishes_its_contract(
     ).json()["scores"]
     np.testing.assert_allclose([s["probability"] for s in served], offline, rtol=0, atol=1e-6)
     assert "/v1/score/batch" in httpx.get(f"{deployed.url}/openapi.json").json()["paths"]
-    assert "fraudpipe_serve_batch_size_bucket" in httpx.get(f"{deployed.url}/metrics").text
+    # In Ray, /metrics points to Ray's per-node endpoint (tests/test_serving_metrics.py reads it).
+    assert httpx.get(f"{deployed.url}/metrics").status_code == 404
     assert httpx.post(f"{deployed.url}/v1/score", json=score_body(rows.iloc[0], amount=-1)).status_code == 422
 
 
-def test_hot_swap_and_rollback_under_load_fail_no_request(deployed: Deployment) -> None:
+def test_hot_swap_and_rollback_under_load_fail_no_request(deployed: Served) -> None:
     mlflow = deployed.served.resources["mlflow"]
     mlflow.activate()
     client = mlflow.client()
@@ -183,11 +230,11 @@ def test_hot_swap_and_rollback_under_load_fail_no_request(deployed: Deployment) 
     try:
         time.sleep(1)
         registry.promote(client, mlflow.model_name, newer, "test: hot swap")
-        assert deployed.watcher.sync()
+        assert deployed.redeploy_pinned().champion == newer
         _wait_for(deployed, lambda a: a["model"]["version"] == newer, bodies[0])
         time.sleep(1)
         registry.rollback(client, mlflow.model_name)
-        assert deployed.watcher.sync()
+        assert deployed.redeploy_pinned().champion == before
         _wait_for(deployed, lambda a: a["model"]["version"] == before, bodies[0])
         time.sleep(1)
     finally:
@@ -202,18 +249,53 @@ def test_hot_swap_and_rollback_under_load_fail_no_request(deployed: Deployment) 
     print(f"hot swap under load: {len(answers.statuses)} requests, all 200, versions {changes}")
 
 
+def test_a_replica_started_after_a_promotion_serves_the_pinned_version(deployed: Served) -> None:
+    """A promotion alone changes nothing served; a replica added later (scaling, a crash) starts with
+    the pinned versions, not the alias; the `deployment` step moves every replica, the new one too."""
+    models = deployed.served.resources["mlflow"]
+    models.activate()
+    client = models.client()
+    pinned = deploy.pinned(deployed.config)
+    assert pinned is not None
+    newer = register_variant(deployed.served, deployed.training_set)
+    registry.promote(client, models.model_name, newer, "test: promoted, not deployed")
+    bodies = [score_body(r) for _, r in deployed.training_set.tail(400).iterrows()]
+    try:
+        deployed.deploy(with_deployment(deployed.config, num_replicas=2))
+        app = deployed.api.status()
+        assert app is not None
+        replicas = app["deployments"][deploy.DEPLOYMENT]["replicas"]
+        assert [r["state"] for r in replicas] == ["RUNNING", "RUNNING"], replicas
+        answers = _closed_loop(f"{deployed.url}/v1/score", bodies, concurrency=16)
+        assert set(answers.statuses) == {200}
+        assert {a["model"]["version"] for a in answers.bodies if a} == {pinned.champion}
+
+        assert deployed.redeploy_pinned().champion == newer
+        # The redeploy pins the new version and keeps the deployment's options: two replicas again.
+        deployed.deploy(with_deployment(deployed.config, num_replicas=2))
+        answers = _closed_loop(f"{deployed.url}/v1/score", bodies, concurrency=16)
+        assert set(answers.statuses) == {200}
+        assert {a["model"]["version"] for a in answers.bodies if a} == {newer}
+    finally:
+        registry.rollback(client, models.model_name)
+        deployed.redeploy_pinned()
+
+
 def test_ab_split_is_sticky_and_within_three_points_and_shadow_logs_the_challenger(
-    deployed: Deployment,
+    deployed: Served,
 ) -> None:
     mlflow = deployed.served.resources["mlflow"]
     champion = registry.alias_version(mlflow.client(), mlflow.model_name, registry.CHAMPION)
     challenger = register_variant(deployed.served, deployed.training_set)
-    applied = deployed.watcher.applied
-    assert applied is not None
+    applied = deployed.config
     share = 0.3
-    deploy.apply(
-        deploy.with_user_config(
-            applied, challenger_version=challenger, rollout={"mode": "ab", "challenger_share": share}
+    deployed.deploy(
+        with_deployment(
+            applied,
+            user_config={
+                "challenger_version": challenger,
+                "rollout": {"mode": "ab", "challenger_share": share},
+            },
         )
     )
     template = deployed.training_set.iloc[-1]
@@ -237,7 +319,11 @@ def test_ab_split_is_sticky_and_within_three_points_and_shadow_logs_the_challeng
     )
     print(f"A/B: {routes.mean():.3f} of 5,000 requests to the challenger (configured {share})")
 
-    deploy.apply(deploy.with_user_config(applied, challenger_version=challenger, rollout={"mode": "shadow"}))
+    deployed.deploy(
+        with_deployment(
+            applied, user_config={"challenger_version": challenger, "rollout": {"mode": "shadow"}}
+        )
+    )
     _wait_for(deployed, lambda a: not _ab_live(deployed), probe)
     shadowed = _closed_loop(f"{deployed.url}/v1/score", bodies[:200], concurrency=16)
     assert {a["route"] for a in shadowed.bodies if a} == {"champion"}
@@ -246,10 +332,10 @@ def test_ab_split_is_sticky_and_within_three_points_and_shadow_logs_the_challeng
     records = _predictions(deployed, wanted)
     assert {r["shadow"]["model_version"] for r in records} == {challenger}
     assert all(0.0 <= r["shadow"]["probability"] <= 1.0 for r in records)
-    deploy.apply(applied)
+    deployed.deploy(applied)
 
 
-def _ab_live(deployed: Deployment) -> bool:
+def _ab_live(deployed: Served) -> bool:
     """Whether the A/B config reached the replica: some of 200 fresh customers go to the challenger."""
     template = deployed.training_set.iloc[-1]
     bodies = [score_body(template, customer_id=2 * 10**9 + i) for i in range(200)]
@@ -257,7 +343,7 @@ def _ab_live(deployed: Deployment) -> bool:
     return any(s["route"] == "challenger" for s in scores["scores"])
 
 
-def _predictions(deployed: Deployment, request_ids: set[str]) -> list[dict[str, Any]]:
+def _predictions(deployed: Served, request_ids: set[str]) -> list[dict[str, Any]]:
     stream = deployed.served.resources["stream"]
     consumer = KafkaBus(deployed.kafka_bootstrap).consumer(
         stream.topics().predictions, "shadow-reader", "reader"
@@ -278,13 +364,9 @@ def _predictions(deployed: Deployment, request_ids: set[str]) -> list[dict[str, 
     return list(found.values())
 
 
-def test_overload_is_refused_with_503_never_other_errors(deployed: Deployment, tmp_path: Path) -> None:
-    applied = deployed.watcher.applied
-    assert applied is not None
-    tight = deploy.with_user_config(applied)
-    deployment = next(d for d in deploy.application(tight)["deployments"] if d["name"] == deploy.DEPLOYMENT)
-    deployment.update(max_ongoing_requests=8, max_queued_requests=16)
-    deploy.apply(tight)
+def test_overload_is_refused_with_503_never_other_errors(deployed: Served, tmp_path: Path) -> None:
+    applied = deployed.config
+    deployed.deploy(with_deployment(applied, max_ongoing_requests=8, max_queued_requests=16))
     rows = deployed.training_set.tail(2_000)
     bodies = tmp_path / "bodies.jsonl"
     bodies.write_text("".join(json.dumps(score_body(r)) + "\n" for _, r in rows.iterrows()))
@@ -311,4 +393,4 @@ def test_overload_is_refused_with_503_never_other_errors(deployed: Deployment, t
     # others, never until the timeout, and nothing else fails.
     assert set(overload.errors) <= {"http 503", "http 408"}, overload.errors
     assert overload.ok_p99_ms < overload.spec.timeout_s * 1e3
-    deploy.apply(applied)
+    deployed.deploy(applied)

@@ -14,12 +14,13 @@ import pandas as pd
 import psutil
 import pytest
 
+from feature_repo.contract import MAX_EVENT_BYTES
 from simulator import SimulatedData, SimulatorConfig, simulate
 from streaming.cli import REPLAY_LOOKBACK
+from streaming.config import StreamConfig
 from streaming.consumer import ConsumerSettings, StreamConsumer, TimeWindow
-from streaming.events import MAX_EVENT_BYTES, encode_transaction, transactions_from_frame
+from streaming.events import encode_transaction, transactions_from_frame
 from streaming.landing import LandResult, StreamLanding
-from streaming.resources import StreamResource
 from streaming.traffic import send_events
 from tests.conftest import BACKENDS, read_dead_letters, stream_resource
 
@@ -53,7 +54,7 @@ def week() -> SimulatedData:
     return simulate(SimulatorConfig(n_customers=100, n_terminals=200, n_days=7, seed=5))
 
 
-def _consume(stream: StreamResource, **settings: Any) -> StreamConsumer:
+def _consume(stream: StreamConfig, **settings: Any) -> StreamConsumer:
     return StreamConsumer(
         stream.bus(),
         stream.topics(),
@@ -63,7 +64,7 @@ def _consume(stream: StreamResource, **settings: Any) -> StreamConsumer:
     )
 
 
-def _landed(stream: StreamResource, table: str) -> pd.DataFrame:
+def _landed(stream: StreamConfig, table: str) -> pd.DataFrame:
     landing = stream.landing()
     return pd.concat([landing.read_day(table, day) for day in landing.days(table)], ignore_index=True)
 

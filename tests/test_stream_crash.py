@@ -15,16 +15,18 @@ import random
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from settings import Settings
 from simulator import SimulatorConfig, simulate
+from streaming.config import StreamConfig
 from streaming.consumer import ConsumerSettings, StreamConsumer
-from streaming.resources import StreamResource
 from streaming.traffic import send_events
-from tests.conftest import BACKENDS, stream_resource
+from tests.conftest import BACKENDS, stream_resource, stream_settings
 
 EVENTS = 200_000
 KILLS = 5
@@ -46,23 +48,21 @@ def _events() -> tuple[pd.DataFrame, pd.DataFrame]:
     return transactions.reset_index(drop=True), reports.reset_index(drop=True)
 
 
-def _landed_files(stream: StreamResource, table: str) -> list[Path]:
+def _landed_files(stream: StreamConfig, table: str) -> list[Path]:
     return sorted((Path(stream.landing_path) / table).glob("date=*/*.parquet"))
 
 
-def _read_raw(stream: StreamResource, table: str) -> pd.DataFrame:
+def _read_raw(stream: StreamConfig, table: str) -> pd.DataFrame:
     """Every landed row as written, duplicates included: what the landing must never produce."""
     files = _landed_files(stream, table)
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
 
 
-def _consumer_process(stream: StreamResource, data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
-    overrides = [f"--set={name}={value}" for name, value in stream.model_dump().items()]
-    env = {**os.environ, "FRAUDPIPE_PROFILE": "local", "FRAUDPIPE_DATA_DIR": str(data_dir)}
+def _consumer_process(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "streaming", "consume", *overrides, *extra],
+        [sys.executable, "-m", "streaming", "consume", *extra],
         cwd=PROJECT_ROOT,
-        env=env,
+        env={**os.environ, **settings.to_env()},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -73,7 +73,8 @@ def test_sigkill_five_times_loses_and_duplicates_nothing(
     backend: str, tmp_path: Path, namespace: str, kafka_bootstrap: str
 ) -> None:
     transactions, reports = _events()
-    stream = stream_resource(backend, tmp_path / "killed", namespace, kafka_bootstrap, batch_size=2_000)
+    settings = stream_settings(backend, tmp_path / "killed", namespace, kafka_bootstrap, batch_size=2_000)
+    stream = StreamConfig.from_settings(settings)
     bus = stream.bus()
     bus.ensure_topics(stream.topics().names())
     assert send_events(bus.producer(), stream.topics(), transactions, reports) == EVENTS
@@ -81,7 +82,7 @@ def test_sigkill_five_times_loses_and_duplicates_nothing(
     rng = random.Random(20261127)
     marks = sorted(rng.sample(range(3, 90), KILLS))
     for mark in marks:
-        proc = _consumer_process(stream, tmp_path)
+        proc = _consumer_process(settings)
         deadline = time.monotonic() + 120
         while len(_landed_files(stream, "transactions")) < mark and proc.poll() is None:
             assert time.monotonic() < deadline, f"no progress to {mark} files"
@@ -91,7 +92,7 @@ def test_sigkill_five_times_loses_and_duplicates_nothing(
         proc.kill()
         proc.wait()
 
-    final = _consumer_process(stream, tmp_path, "--idle-exit=2")
+    final = _consumer_process(settings, "--idle-exit=2")
     output, _ = final.communicate(timeout=300)
     assert final.returncode == 0, output.decode()[-3000:]
 
@@ -107,9 +108,9 @@ def test_sigkill_five_times_loses_and_duplicates_nothing(
 
     # A clean run over the same bus (a group of its own, nothing killed) into its own stores.
     clean = stream_resource(backend, tmp_path / "clean", namespace + "clean.", kafka_bootstrap)
-    clean = clean.model_copy(update={"topic_prefix": stream.topic_prefix})
-    settings = ConsumerSettings(group="clean", name="clean", batch_size=5_000)
-    with StreamConsumer(bus, stream.topics(), clean.landing(), clean.online(), settings) as consumer:
+    clean = replace(clean, topic_prefix=stream.topic_prefix)
+    clean_settings = ConsumerSettings(group="clean", name="clean", batch_size=5_000)
+    with StreamConsumer(bus, stream.topics(), clean.landing(), clean.online(), clean_settings) as consumer:
         consumer.run(idle_exit_s=1.0)
     killed_state, clean_state = stream.online().dump(), clean.online().dump()
     assert len(clean_state.customer_events) > 0

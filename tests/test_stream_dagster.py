@@ -18,16 +18,16 @@ from assets import ingestion, stream
 from assets.partitions import HISTORY_START
 from orchestration import sensors
 from orchestration.definitions import build_definitions
+from orchestration.jobs import RANGE_END, RANGE_START
 from orchestration.profiles import build_resources
 from orchestration.resources import EventSourceResource
 from orchestration.sensors import (
     LAUNCHED_BY,
-    RANGE_END,
-    RANGE_START,
     SENSOR_NAME,
     day_fingerprint,
     stream_landing_sensor,
 )
+from settings import StreamSettings
 from simulator import SimulatedData, SimulatorConfig, simulate, write_dataset
 from streaming.events import (
     Transaction,
@@ -37,6 +37,7 @@ from streaming.events import (
     transactions_to_frame,
 )
 from streaming.landing import ConsumerStatus, StreamLanding
+from tests.conftest import local_settings
 
 TINY = SimulatorConfig(n_customers=60, n_terminals=120, n_days=6, seed=11)
 """Six days, 2018-04-01 to 04-06, with a few frauds reported within them."""
@@ -64,16 +65,23 @@ def streamed(tiny_data: SimulatedData, tmp_path: Path) -> Stream:
     write_dataset(tiny_data, tmp_path / "source")
     transactions = transactions_to_frame(list(transactions_from_frame(tiny_data.events())))
     reports = reports_to_frame(list(reports_from_frame(tiny_data.fraud_reports)))
-    landing = StreamLanding(tmp_path / "stream")
+    settings = local_settings(tmp_path, source="stream")
+    landing = StreamLanding(settings.landing_path)
     half = len(transactions) // 2
     for batch in (transactions[: half + 20], transactions[half - 20 :], transactions[:10]):
         landing.land("transactions", batch)
     landing.land("fraud_reports", reports)
-    resources = {
-        **build_resources("local", tmp_path),
-        "source": EventSourceResource(path=str(tmp_path / "source"), stream_path=str(landing.root)),
-    }
+    resources = build_resources(settings)
+    assert resources["source"].stream_path == str(landing.root)
     return Stream(tiny_data, landing, resources, transactions, reports)
+
+
+def file_mode(streamed: Stream, tmp_path: Path) -> dict[str, Any]:
+    """The streamed resources, but with the source in file mode (no stream landing)."""
+    return {
+        **streamed.resources,
+        "source": build_resources(local_settings(tmp_path, source="files"))["source"],
+    }
 
 
 def status(name: str, table: str, watermark: datetime | None, landed: int = 0) -> ConsumerStatus:
@@ -184,8 +192,7 @@ def test_a_tick_skips_unchanged_days_without_listing_their_files(streamed: Strea
 
 def test_sensor_skips_until_there_is_a_stream_and_a_watermark(streamed: Stream, tmp_path: Path) -> None:
     with dg.instance_for_test() as instance:
-        file_mode = {**streamed.resources, "source": EventSourceResource(path=str(tmp_path / "source"))}
-        context = dg.build_sensor_context(instance=instance, resources=file_mode)
+        context = dg.build_sensor_context(instance=instance, resources=file_mode(streamed, tmp_path))
         skipped = stream_landing_sensor(context)
         assert isinstance(skipped, dg.SkipReason) and "file mode" in str(skipped.skip_message)
         streamed.landing.write_status(status("reports-0", "fraud_reports", NOW))
@@ -298,14 +305,14 @@ def test_observation_reports_what_has_landed(streamed: Stream, tmp_path: Path) -
     landing.land("transactions", late_transaction(streamed, "2018-04-02"))
     assert observe(streamed.resources).tags["dagster/data_version"] != version
 
-    file_mode = {**streamed.resources, "source": EventSourceResource(path=str(tmp_path / "source"))}
-    unconfigured = observe(file_mode)
+    unconfigured = observe(file_mode(streamed, tmp_path))
     assert "not configured" in str(unconfigured.metadata["stream"].value)
     assert unconfigured.tags["dagster/data_version"] == "no-stream"
 
 
 def test_definitions_wire_the_sensor_and_the_stream(tmp_path: Path) -> None:
-    defs = build_definitions(build_resources("local", tmp_path))
+    resources = build_resources(local_settings(tmp_path))
+    defs = build_definitions(resources)
     sensor = defs.resolve_sensor_def(SENSOR_NAME)
     assert sensor.job_name == "ingestion_job"
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
@@ -319,4 +326,5 @@ def test_definitions_wire_the_sensor_and_the_stream(tmp_path: Path) -> None:
         "raw_transactions",
         "fraud_reports",
     }
-    assert timedelta(minutes=EventSourceResource(path="x").stream_grace_minutes) == timedelta(hours=1)
+    assert timedelta(minutes=StreamSettings().complete_after_minutes) == timedelta(hours=1)
+    assert resources["source"].stream_grace_minutes == StreamSettings().complete_after_minutes

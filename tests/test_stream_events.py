@@ -13,11 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from feature_repo.contract import MAX_EVENT_BYTES, REPORT_FIELDS, TRANSACTION_FIELDS
 from simulator import SimulatedData, SimulatorConfig, simulate
 from streaming.events import (
-    MAX_EVENT_BYTES,
-    REPORT_FIELDS,
-    TRANSACTION_FIELDS,
     FraudReport,
     Rejection,
     Transaction,

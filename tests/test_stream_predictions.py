@@ -30,13 +30,15 @@ from serving.metrics import ServingMetrics
 from serving.prediction_log import PredictionLog, RecordBatch
 from serving.schemas import ColdStart, Latency, ModelRef, Score, Transaction
 from serving.service import _Answered
+from settings import StreamSettings
 from streaming.cli import app
+from streaming.config import StreamConfig
 from streaming.consumer import LANDED_KINDS, ConsumerSettings, StreamConsumer
 from streaming.events import Transaction as TransactionEvent
 from streaming.events import encode_transaction, transactions_to_frame
 from streaming.landing import ConsumerStatus, StreamLanding
 from streaming.predictions import Prediction, decode_prediction, predictions_to_frame
-from tests.conftest import BACKENDS, read_dead_letters, stream_resource
+from tests.conftest import BACKENDS, read_dead_letters, stream_resource, stream_settings
 
 CEST = timezone(timedelta(hours=2))
 START = datetime(2018, 4, 2, 1, 30, tzinfo=CEST)
@@ -328,7 +330,13 @@ def test_predictions_launch_no_ingestion_and_leave_the_event_stream_version_alon
     )
     day_two = datetime(2018, 4, 2, 10, tzinfo=UTC)
     landing.land("predictions", decoded_frame(answered(first_id=0, n=5, at=day_two, shadow=False, seed=2)))
-    resources = {"source": EventSourceResource(path=str(tmp_path / "stream"), stream_path=str(landing.root))}
+    resources = {
+        "source": EventSourceResource(
+            path=str(tmp_path / "stream"),
+            stream_path=str(landing.root),
+            stream_grace_minutes=StreamSettings().complete_after_minutes,
+        )
+    }
     with dg.instance_for_test() as instance:
         result = stream_landing_sensor(dg.build_sensor_context(instance=instance, resources=resources))
         assert isinstance(result, dg.SensorResult) and result.run_requests is not None
@@ -365,9 +373,10 @@ def test_the_consume_command_lands_predictions_unless_told_not_to(
     monkeypatch: pytest.MonkeyPatch,
     keep_signal_handlers: None,
 ) -> None:
-    monkeypatch.setenv("FRAUDPIPE_PROFILE", "local")
-    monkeypatch.setenv("FRAUDPIPE_DATA_DIR", str(tmp_path / "data"))
-    stream = stream_resource("kafka", tmp_path, namespace, kafka_bootstrap)
+    settings = stream_settings("kafka", tmp_path, namespace, kafka_bootstrap)
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    stream = StreamConfig.from_settings(settings)
     bus = stream.bus()
     bus.ensure_topics(stream.topics().names())
     producer = bus.producer()
@@ -375,14 +384,13 @@ def test_the_consume_command_lands_predictions_unless_told_not_to(
     for record in records:
         producer.send(stream.topics().predictions, json.dumps(record).encode())
     producer.flush()
-    overrides = [f"--set={name}={value}" for name, value in stream.model_dump().items()]
     runner = CliRunner()
 
-    without = runner.invoke(app, ["consume", "--idle-exit=0.5", "--no-predictions", *overrides])
+    without = runner.invoke(app, ["consume", "--idle-exit=0.5", "--no-predictions"])
     assert without.exit_code == 0, without.output
     assert stream.landing().days("predictions") == [] and "predictions:" not in without.output
 
-    default = runner.invoke(app, ["consume", "--idle-exit=0.5", *overrides])
+    default = runner.invoke(app, ["consume", "--idle-exit=0.5"])
     assert default.exit_code == 0, default.output
     assert "predictions: 10 read, 10 landed" in default.output
     table = landed(stream.landing(), "predictions")

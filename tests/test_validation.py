@@ -15,6 +15,7 @@ from orchestration.profiles import build_resources
 from orchestration.resources import LakeResource
 from orchestration.runner import run_pipeline
 from simulator import SimulatedData, write_dataset
+from tests.conftest import local_settings
 
 DAYS = ["2018-04-01", "2018-04-02", "2018-04-03"]
 
@@ -68,7 +69,8 @@ BAD_CASES = {
     "oversized field": ("TERMINAL_ID", "7" * 500, "at most 64 characters"),
     "fractional id": ("CUSTOMER_ID", "83.0", "must be a non-negative integer"),
     "overflowing amount": ("TX_AMOUNT", "1e400", "must parse to a finite number"),
-    "absurd amount": ("TX_AMOUNT", "123456789", "must be at most 10,000,000"),
+    "absurd amount": ("TX_AMOUNT", "123456789", "must be less than 10,000,000"),
+    "amount at the limit": ("TX_AMOUNT", "10000000", "must be less than 10,000,000"),
 }
 
 
@@ -150,7 +152,7 @@ def test_bad_rows_stop_the_pipeline(small_data: SimulatedData, tmp_path: Path) -
     events.loc[40, "TX_DATETIME"] = "2018-04-02 09:00:00"
     events = pd.concat([events, events.iloc[[50]]], ignore_index=True)
     events.to_parquet(source / "transactions.parquet", index=False)
-    resources = build_resources("local", tmp_path)
+    resources = build_resources(local_settings(tmp_path))
 
     with dg.instance_for_test() as instance:
         with pytest.raises(dg.DagsterError):
@@ -171,7 +173,15 @@ def test_bad_rows_stop_the_pipeline(small_data: SimulatedData, tmp_path: Path) -
             "TRANSACTION_ID: must be unique: 2 of",
         ):
             assert expected in check.description, check.description
-        downstream = ["customer_spending", "terminal_risk", "training_set", "fraud_model", "registered_model"]
+        downstream = [
+            "customer_spending",
+            "terminal_risk",
+            "training_set",
+            "fraud_model",
+            "registered_model",
+            "champion",
+            "deployment",
+        ]
         for key in downstream:
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is None, key
 

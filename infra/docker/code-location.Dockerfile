@@ -29,6 +29,8 @@ COPY simulator simulator
 COPY modeling modeling
 COPY monitoring monitoring
 COPY infra infra
+COPY settings settings
+COPY demo demo
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev
 

@@ -36,5 +36,7 @@ COPY --chown=1000:100 simulator simulator
 COPY --chown=1000:100 modeling modeling
 COPY --chown=1000:100 monitoring monitoring
 COPY --chown=1000:100 infra infra
+COPY --chown=1000:100 settings settings
+COPY --chown=1000:100 demo demo
 RUN uv pip install --python /home/ray/anaconda3/bin/python --no-deps --no-cache -e .
 USER 1000

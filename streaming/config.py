@@ -1,9 +1,7 @@
-"""The streaming side's configuration: which bus, which online store, where events land.
+"""The streaming side's configuration, resolved from the settings: which bus, online store and landing area.
 
-One `StreamResource` per profile (`orchestration.profiles`) is the only place
-these are set; the consumer's command line, the HTTP push server, the replay
-and Dagster's sensor all read it. The bus is named by a URL whose scheme picks
-the backend, so switching Kafka for Redis Streams is a configuration change:
+The bus is named by a URL whose scheme picks the backend, so switching Kafka
+for Redis Streams is a configuration change:
 
 * `kafka://host:9092,host2:9092`: a Kafka cluster;
 * `redis://host:6379/0`: Redis Streams;
@@ -18,16 +16,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-import dagster as dg
-
+from feature_repo.online import EventBuffers, open_event_buffers
+from settings import Settings
 from streaming.bus import TOPICS, EventBus, Topics
 from streaming.bus_kafka import KafkaBus
 from streaming.bus_redis import RedisStreamBus
 from streaming.landing import StreamLanding
-from streaming.online import EventBuffers, open_event_buffers
 
 LOCAL_BROKER_SCHEME = "kafka-local"
 
@@ -36,30 +36,47 @@ class LocalBrokerMissingError(RuntimeError):
     """The local profile's bus is not running: nothing hosts the mock Kafka cluster."""
 
 
-class StreamResource(dg.ConfigurableResource):
-    """The event bus, the online event buffers and the stream's landing area.
+@dataclass(frozen=True)
+class StreamConfig:
+    """The event bus, the online event buffers and the stream's landing area of one process.
 
     Attributes:
         bus_url: the bus (see the module docstring for the schemes).
         online_url: the online event buffers: `sqlite:///path.db` or `redis://...`.
         landing_path: the lake's stream area (`streaming.landing`).
-        topic_prefix: put before every topic / stream name.
-        online_prefix: put before every online key (Redis) or table name (SQLite).
-        group: the consumer group of the landing consumers.
-        batch_size: messages per micro-batch: the bound on data in flight.
-        session_timeout_ms: how long a dead Kafka consumer keeps its partitions.
-        metrics_port: the consumer's Prometheus port on 127.0.0.1; 0 turns it off.
+        topic_prefix / online_prefix / group / batch_size / session_timeout_ms /
+            metrics_port / online_grace: `settings.StreamSettings`.
     """
 
     bus_url: str
     online_url: str
-    landing_path: str
-    topic_prefix: str = "fraudpipe."
-    online_prefix: str = ""
-    group: str = "fraudpipe-landing"
-    batch_size: int = 2_000
-    session_timeout_ms: int = 10_000
-    metrics_port: int = 9464
+    landing_path: Path
+    topic_prefix: str
+    online_prefix: str
+    group: str
+    batch_size: int
+    session_timeout_ms: int
+    metrics_port: int
+    online_grace: timedelta
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **changes: Any) -> StreamConfig:
+        """The profile's stream configuration; `changes` replace fields (a test's namespace, say)."""
+        online_url = settings.resolved_online_url()
+        stream = settings.stream
+        config = cls(
+            bus_url=settings.resolved_bus_url(),
+            online_url=online_url,
+            landing_path=settings.landing_path,
+            topic_prefix=stream.topic_prefix,
+            online_prefix=stream.online_prefix_for(online_url),
+            group=stream.group,
+            batch_size=stream.batch_size,
+            session_timeout_ms=stream.session_timeout_ms,
+            metrics_port=stream.metrics_port,
+            online_grace=timedelta(hours=stream.online_grace_hours),
+        )
+        return replace(config, **changes)
 
     def topics(self) -> Topics:
         return TOPICS.prefixed(self.topic_prefix)
@@ -72,8 +89,9 @@ class StreamResource(dg.ConfigurableResource):
             return KafkaBus(url.netloc, session_timeout_ms=self.session_timeout_ms)
         if url.scheme == LOCAL_BROKER_SCHEME:
             return KafkaBus(self.local_broker_address(), session_timeout_ms=self.session_timeout_ms)
+        # Only the scheme is echoed: a URL may carry a password.
         raise ValueError(
-            f"bus_url {self.bus_url!r}: the scheme must be kafka://, redis:// or {LOCAL_BROKER_SCHEME}://"
+            f"bus URL scheme {url.scheme!r}: expected kafka://, redis:// or {LOCAL_BROKER_SCHEME}://"
         )
 
     @property
@@ -86,7 +104,8 @@ class StreamResource(dg.ConfigurableResource):
         file = self.local_broker_file
         if file is None or not file.exists():
             raise LocalBrokerMissingError(
-                f"no local Kafka broker is running ({file} is missing): start one with `make consume`"
+                f"no local Kafka broker is running ({file} is missing): start one with `make broker` "
+                "or `make consume`"
             )
         return str(json.loads(file.read_text())["bootstrap_servers"])
 
@@ -94,7 +113,7 @@ class StreamResource(dg.ConfigurableResource):
         """Tell producers and replays in other processes where this process's mock cluster listens."""
         file = self.local_broker_file
         if file is None:
-            raise ValueError(f"{self.bus_url} is not a local broker URL")
+            raise ValueError("the bus is not the local broker")
         file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as out:
@@ -102,7 +121,7 @@ class StreamResource(dg.ConfigurableResource):
         os.replace(tmp, file)
 
     def landing(self) -> StreamLanding:
-        return StreamLanding(Path(self.landing_path))
+        return StreamLanding(self.landing_path)
 
     def online(self) -> EventBuffers:
-        return open_event_buffers(self.online_url, prefix=self.online_prefix)
+        return open_event_buffers(self.online_url, prefix=self.online_prefix, grace=self.online_grace)

@@ -10,18 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
-from orchestration.live_loop import DayReport, Happening, LiveLoop, Scorer, days_of, local_consumer
-from orchestration.profiles import ProfileName, build_resources
-from orchestration.resources import MonitoringResource
+from demo.live_loop import DayReport, Happening, LiveLoop, Scorer, days_of, local_consumer
+from feature_repo.online import TRANSACTION_COLUMNS
+from orchestration.profiles import build_resources
 from orchestration.runner import run_pipeline
+from settings import Settings
 from simulator import SimulatedData, write_dataset
-from streaming.online import TRANSACTION_COLUMNS
+from streaming.config import StreamConfig
 
 INITIAL_MODEL_DAYS = 28
 """Train 7 days, wait 7, test 7, and 7 more until the test week's labels are settled."""
@@ -58,14 +58,12 @@ def initial_model_config(live_start: str, fast: dict[str, Any] | None = None) ->
     return {"ops": {"fraud_model": {"config": config}}}
 
 
-def prepare_history(
-    plan: ScenarioPlan, profile: ProfileName, data_dir: Path, instance: dg.DagsterInstance
-) -> None:
-    """Land the history, train and register the first champion, warm the online event buffers."""
+def prepare_history(plan: ScenarioPlan, settings: Settings, instance: dg.DagsterInstance) -> None:
+    """Land the history, train, register and deploy the first champion, warm the online event buffers."""
     known = history(plan.data, plan.live_start)
-    write_dataset(known, data_dir / "source")
-    run_pipeline(build_resources(profile, data_dir), instance, plan.model_config, log_level="WARNING")
-    with build_resources(profile, data_dir, source="stream")["stream"].online() as online:
+    write_dataset(known, settings.source_path)
+    run_pipeline(build_resources(settings), instance, plan.model_config, log_level="WARNING")
+    with StreamConfig.from_settings(settings).online() as online:
         online.add_transactions(known.events()[list(TRANSACTION_COLUMNS)])
         online.add_reports(known.fraud_reports)
 
@@ -73,15 +71,16 @@ def prepare_history(
 @contextmanager
 def live(
     plan: ScenarioPlan,
-    profile: ProfileName,
-    data_dir: Path,
+    settings: Settings,
     instance: dg.DagsterInstance,
     make_scorer: Callable[[dict[str, Any]], Scorer],
-    monitoring: MonitoringResource,
     log: Callable[[Happening], None] = lambda h: None,
 ) -> Iterator[tuple[LiveLoop, Iterator[DayReport]]]:
-    """The loop over `plan`'s live days, after `prepare_history`; iterate to replay them."""
-    resources = {**build_resources(profile, data_dir, source="stream"), "monitoring": monitoring}
+    """The loop over `plan`'s live days, after `prepare_history`; iterate to replay them.
+
+    Ingestion reads what the stream consumer landed (`source` = stream), as in production.
+    """
+    resources = build_resources(settings.model_copy(update={"source": "stream"}))
     tx_by_day = days_of(plan.data.events(), "TX_DATETIME", plan.days)
     reports_by_day = days_of(plan.data.fraud_reports, "REPORT_DATETIME", plan.days)
     with local_consumer(resources["stream"]) as consumer:

@@ -7,7 +7,8 @@ the bus and is landed too; Dagster lands the day (`ingestion_job`) and
 monitors it (`monitoring_job`), and the outcome metrics of the day whose
 labels just became complete are computed; then the retraining sensors tick.
 A run a sensor asks for is launched once per run key, as the daemon does, and
-a promotion moves the `champion` alias, which serving follows by itself.
+a passed promotion gate moves the `champion` alias and the `deployment` asset
+pins the new versions into serving, in the same run.
 
 `make demo` and the scenario tests drive it. The sensors here are Dagster's
 own sensor definitions evaluated with `evaluate_tick`: the simulated day, not
@@ -31,8 +32,8 @@ from modeling import registry
 from orchestration.definitions import build_definitions
 from orchestration.retraining import RETRAINING_SENSORS, TRIGGER_TAG
 from streaming.bus_kafka import mock_kafka_cluster
+from streaming.config import StreamConfig
 from streaming.consumer import LANDED_KINDS, ConsumerSettings, StreamConsumer
-from streaming.resources import StreamResource
 from streaming.traffic import send_events
 
 RUN_KEY_TAG = "dagster/run_key"
@@ -50,8 +51,8 @@ class Scorer(Protocol):
         """Return once `expected` prediction records in all have left for the bus."""
         ...
 
-    def follow_registry(self, version: str, timeout_s: float) -> None:
-        """Return once serving answers with champion `version`."""
+    def follow_deployment(self, version: str, timeout_s: float) -> None:
+        """Return once serving answers with champion `version`, as the last deployment pinned."""
         ...
 
 
@@ -116,7 +117,7 @@ class LiveLoop:
         self.log = log
         self.defs = build_definitions(resources)
         self.cursors: dict[str, str | None] = {}
-        self.stream: StreamResource = resources["stream"]
+        self.stream: StreamConfig = resources["stream"]
         self.timeline: list[Happening] = []
 
     def _note(self, happening: Happening) -> Happening:
@@ -219,7 +220,7 @@ class LiveLoop:
         return happenings
 
     def retrain(self, day: str, request: dg.RunRequest, sensor_name: str) -> list[Happening]:
-        """Run the retraining job a sensor asked for; when the gate promotes, wait for serving to swap."""
+        """Run the retraining job a sensor asked for; when the gate passes, wait for serving to swap."""
         tags = {**request.tags, SENSOR_TAG: sensor_name}
         if request.run_key:
             tags[RUN_KEY_TAG] = request.run_key
@@ -240,10 +241,10 @@ class LiveLoop:
         numbers = {k: float(v) for k, v in meta.items() if k.endswith(("average_precision", "roc_auc"))}
         numbers["seconds"] = time.monotonic() - started
         happenings = [self._note(Happening(day, "gate", str(gate.description), numbers))]
-        if meta.get("promoted"):
+        if gate.passed:
             version = str(meta["challenger_version"])
             swap_started = time.monotonic()
-            self.scorer.follow_registry(version, timeout_s=120)
+            self.scorer.follow_deployment(version, timeout_s=120)
             happenings.append(
                 self._note(
                     Happening(
@@ -264,7 +265,7 @@ def champion_version(resources: dict[str, Any]) -> str | None:
 
 
 @contextmanager
-def local_consumer(stream: StreamResource) -> Iterator[StreamConsumer]:
+def local_consumer(stream: StreamConfig) -> Iterator[StreamConsumer]:
     """A local broker hosted by this process and a consumer of every kind, predictions included."""
     with mock_kafka_cluster() as servers:
         stream.publish_local_broker(servers)
