@@ -125,12 +125,12 @@ class LiveLoop:
         self.log(happening)
         return happening
 
-    def _execute(self, job: str, **kwargs: Any) -> dg.ExecuteInProcessResult:
+    def _execute(self, job: str, log_level: str = "WARNING", **kwargs: Any) -> dg.ExecuteInProcessResult:
         return self.defs.resolve_job_def(job).execute_in_process(
             instance=self.instance,
             raise_on_error=kwargs.pop("raise_on_error", True),
             run_config={
-                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                "loggers": {"console": {"config": {"log_level": log_level}}},
                 **kwargs.pop("run_config", {}),
             },
             **kwargs,
@@ -225,8 +225,14 @@ class LiveLoop:
         if request.run_key:
             tags[RUN_KEY_TAG] = request.run_key
         started = time.monotonic()
+        # A refused challenger fails the run by design (the gate's ERROR): the timeline's gate line
+        # says why, and the run's events stay in the instance, so the console shows none of it.
         result = self._execute(
-            "retraining_job", run_config=dict(request.run_config), tags=tags, raise_on_error=False
+            "retraining_job",
+            log_level="CRITICAL",
+            run_config=dict(request.run_config),
+            tags=tags,
+            raise_on_error=False,
         )
         gate = next(
             (e for e in result.get_asset_check_evaluations() if e.check_name == "check_promotion_gate"), None
