@@ -35,6 +35,7 @@ DOCS = (ROOT / "bench" / "README.md", ROOT / "docs" / "scaling.md")
 MEASURED: dict[str, tuple[str, ...]] = {
     "training_set": (
         "feature_repo",
+        "!feature_repo/online",
         "assets/training_set.py",
         "simulator",
         "bench/training_set.py",
@@ -42,6 +43,7 @@ MEASURED: dict[str, tuple[str, ...]] = {
     ),
     "model_quality": (
         "feature_repo",
+        "!feature_repo/online",
         "assets/training_set.py",
         "simulator",
         "modeling",
@@ -52,7 +54,7 @@ MEASURED: dict[str, tuple[str, ...]] = {
     "capacity": ("streaming", "feature_repo", "simulator", "bench/capacity.py"),
     "serve": ("serving", "streaming", "feature_repo", "modeling", "bench/serve.py", "bench/loadgen.py"),
 }
-"""Each bench's code: a change to any of it makes the bench's table stale."""
+"""Each bench's code: a change to any of it makes the bench's table stale (`!path`: not measured)."""
 
 MAKE_TARGET = {
     "training_set": "make bench-training-set",
@@ -90,7 +92,10 @@ def fingerprint(paths: tuple[str, ...]) -> str:
     """A hash of the measured source files' paths and contents (Python, YAML, JSON)."""
     digest = hashlib.sha256()
     files: list[Path] = []
+    excluded = [ROOT / path[1:] for path in paths if path.startswith("!")]
     for path in paths:
+        if path.startswith("!"):
+            continue
         target = ROOT / path
         files += [target] if target.is_file() else sorted(target.rglob("*"))
     for file in files:
@@ -98,9 +103,17 @@ def fingerprint(paths: tuple[str, ...]) -> str:
             file.is_file()
             and file.suffix in {".py", ".yaml", ".yml", ".json"}
             and "__pycache__" not in file.parts
+            and not any(file.is_relative_to(skip) for skip in excluded)
         ):
             digest.update(file.relative_to(ROOT).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def describe(paths: tuple[str, ...]) -> str:
+    """The measured paths as a reader wants them: `a, b (not c)`."""
+    kept = ", ".join(p for p in paths if not p.startswith("!"))
+    skipped = ", ".join(p[1:] for p in paths if p.startswith("!"))
+    return f"{kept} (not {skipped})" if skipped else kept
 
 
 def _git(*args: str) -> str:
@@ -157,7 +170,7 @@ class Stamp:
             ("machine", self.machine),
             ("command", f"`{self.command}`"),
             ("packages", self.packages),
-            ("measured code", f"{', '.join(MEASURED[self.name])} (fingerprint `{self.code}`)"),
+            ("measured code", f"{describe(MEASURED[self.name])}; fingerprint `{self.code}`"),
         ]
         table = "\n".join(f"| {key} | {value} |" for key, value in rows)
         return (
@@ -169,7 +182,8 @@ class Stamp:
 
 def make_stamp(name: str, argv: list[str], quick: bool) -> Stamp:
     commit = _git("rev-parse", "--short=12", "HEAD") or "unknown"
-    changed = _git("status", "--porcelain", "--untracked-files=no", "--", *MEASURED[name])
+    pathspecs = [f":(exclude){p[1:]}" if p.startswith("!") else p for p in MEASURED[name]]
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--", *pathspecs)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return Stamp(
         name=name,
@@ -235,7 +249,7 @@ def check(refresh: bool = False) -> list[Problem]:
             problems.append(
                 Problem(
                     str(path),
-                    f"measured on other code ({stamp['code']}, now {current}: {', '.join(paths)} changed): "
+                    f"measured on other code ({stamp['code']}, now {current}: {describe(paths)} changed): "
                     f"run `{MAKE_TARGET[name]}`",
                 )
             )

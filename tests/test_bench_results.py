@@ -51,3 +51,20 @@ def test_a_change_to_measured_code_makes_its_table_stale(
     drift = tmp_path / "monitoring" / "drift.py"
     drift.write_text(drift.read_text() + "\n")
     assert results.fingerprint(MEASURED["monitoring"]) != before
+
+
+def test_an_excluded_path_does_not_make_a_table_stale(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`!path` leaves code the bench never runs out of its fingerprint, and only that code."""
+    for name in ("engine.py", "online/buffers.py"):
+        (tmp_path / "pkg" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pkg" / name).write_text("x = 1\n")
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    paths = ("pkg", "!pkg/online")
+    before = results.fingerprint(paths)
+    (tmp_path / "pkg" / "online" / "buffers.py").write_text("x = 2\n")
+    assert results.fingerprint(paths) == before
+    (tmp_path / "pkg" / "engine.py").write_text("x = 2\n")
+    assert results.fingerprint(paths) != before
+    assert results.describe(paths) == "pkg (not pkg/online)"
