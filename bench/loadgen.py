@@ -92,6 +92,7 @@ class LoadResult:
     p50_ms: float = math.nan
     p95_ms: float = math.nan
     p99_ms: float = math.nan
+    p999_ms: float = math.nan
     max_ms: float = math.nan
     ok_p99_ms: float = math.nan
     send_lag_p99_ms: float = 0.0
@@ -317,6 +318,7 @@ async def run_load(spec: LoadSpec) -> LoadResult:
         p50_ms=_percentile(ordered, 0.50),
         p95_ms=_percentile(ordered, 0.95),
         p99_ms=_percentile(ordered, 0.99),
+        p999_ms=_percentile(ordered, 0.999),
         max_ms=ordered[-1] if ordered else math.nan,
         ok_p99_ms=_percentile(sorted(run.ok_latencies), 0.99) if run.ok_latencies else math.nan,
         send_lag_p99_ms=_percentile(lags, 0.99) if lags else 0.0,

@@ -5,7 +5,10 @@ saturation throughput at least 5x a naive Ray Serve deployment over the Feast
 SDK and at least 1.5x a single-process FastAPI/uvicorn app doing the same work;
 p50 at most 5 ms with one client; p99 at most 20 ms at 500 requests/s open
 loop; `/v1/score/batch` at least 30,000 transactions/s; dynamic batching at
-least 2x the same deployment unbatched at 64 concurrent clients.
+least 2x the same deployment unbatched at 16 concurrent clients; offered 2x and
+5x its own saturation rate, goodput (answered 200 per second) at least 90 % of
+saturation with the accepted requests' p99 at most 100 ms (admission control
+refuses the excess at once, `settings/serving.py`).
 
 Every server runs in its own child process (each Ray variant with its own Ray
 instance) and the load comes from `bench.loadgen` processes on the same
@@ -13,12 +16,13 @@ machine. Servers run at niceness 15, the load generator at 0: Ray starts its
 workers at 15 anyway, and this way the generator gets its CPU first, as a
 separate client machine would, whichever server it loads.
 
-    python -m bench.serve [--quick] [--duration S] [--rates 100,300,500] [--clients 64]
+    python -m bench.serve [--quick] [--duration S] [--rates 100,300,500] [--clients 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -36,7 +40,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -67,7 +71,7 @@ N_REQUESTS = 100_000
 """Distinct single-score bodies: real transactions first, then copies under fresh ids with the
 amount moved by a cent per pass, so the result cache never answers a request it saw before."""
 
-BATCH_SIZES = (1_000, 5_000)
+BATCH_SIZES = (100, 1_000)
 SERVER_NICENESS = 15
 TARGET_RATE = 500.0
 RAY_EXPORT_WAIT_S = 2.5
@@ -80,8 +84,16 @@ DRAIN_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 MARKER = "@@bench "
 
+OVERLOADS = (2.0, 5.0)
+"""Open-loop rates, as multiples of the variant's own saturation throughput, that our variants are
+offered to show they degrade gracefully: goodput >= 90 % of saturation, accepted p99 <= 100 ms."""
+
+DISTURBED_RATE = 100.0
+"""Open-loop rate of the phases run while a model swap or a retraining happens (our variants)."""
+SWAP_TIMEOUT_S = 60.0
+
 Kind = Literal["naive", "uvicorn", "ours"]
-PhaseKind = Literal["one", "open", "saturation", "batch", "unbatched"]
+PhaseKind = Literal["one", "open", "saturation", "overload", "swap", "retraining", "batch", "unbatched"]
 
 
 @dataclass(frozen=True)
@@ -119,9 +131,9 @@ FULL = Settings(
     warmup_s=3.0,
     duration_s=6.0,
     rates=(100.0, 300.0, 500.0),
-    clients=64,
+    clients=16,  # what one replica of ours holds at once (max_ongoing_requests): no 503 yet
     open_connections=64,
-    batch_sizes=(1_000, 5_000),
+    batch_sizes=(100, 1_000),
     batch_clients=2,
     timeout_s=5.0,
 )
@@ -143,6 +155,7 @@ class Phase:
     clients: int
     rate: float = 0.0
     batch_size: int = 1
+    factor: float = 0.0  # overload: the rate as a multiple of the variant's saturation throughput
 
     @property
     def label(self) -> str:
@@ -150,6 +163,12 @@ class Phase:
             return "1 client"
         if self.kind == "open":
             return f"open loop {self.rate:,.0f}/s"
+        if self.kind == "overload":
+            return f"overload {self.factor:g}x saturation"
+        if self.kind == "swap":
+            return f"open loop {self.rate:,.0f}/s, 2 model swaps"
+        if self.kind == "retraining":
+            return f"open loop {self.rate:,.0f}/s, retraining beside"
         if self.kind == "batch":
             return f"batch of {self.batch_size:,}, {self.clients} clients"
         suffix = ", unbatched" if self.kind == "unbatched" else ""
@@ -167,6 +186,7 @@ class Measurement:
     cache_hit_share: float | None = None
     server_cores: float = math.nan
     other_cores: float = math.nan
+    note: str = ""  # what happened meanwhile (swaps, retraining), as evidence
 
 
 @dataclass(frozen=True)
@@ -230,6 +250,11 @@ def prepare(data_dir: Path, args: argparse.Namespace, stages: Stages) -> Request
             run_pipeline(resources, instance, FAST_MODEL, log_level="WARNING")
         with stages.stage("Feast online store, for the naive baseline alone"):
             materialize_feast(resources["feast"])
+    models = resources["mlflow"]
+    models.activate()
+    if len(models.client().search_model_versions(f"name = '{models.model_name}'")) < 2:
+        with stages.stage("a second model version, for the swap phase"):
+            register_second_version(models)
     events = data.events()
     with stages.stage("online event buffers"):
         online = resources["stream"].online()
@@ -242,6 +267,30 @@ def prepare(data_dir: Path, args: argparse.Namespace, stages: Stages) -> Request
             online.close()
     with stages.stage("request bodies"):
         return write_requests(events, data_dir / "bench", dataset)
+
+
+def register_second_version(mlflow: Any) -> str:
+    """The deployed champion registered again: a swap to it loads a registry version like any other."""
+    import pandas as pd
+
+    from feature_repo.windows import MODEL_FEATURES
+    from modeling.registry import load_model, recorded_deployment, register_model
+
+    experiment = mlflow.activate()
+    deployment = recorded_deployment(mlflow.client(), mlflow.model_name)
+    if deployment is None:
+        raise RuntimeError("the pipeline deployed no model")
+    model = load_model(mlflow.model_name, deployment.champion)
+    example = pd.DataFrame([[0.0] * len(MODEL_FEATURES)], columns=list(MODEL_FEATURES))
+    return register_model(model, example, mlflow.model_name, experiment, {}, {}, {"bench": "swap"})
+
+
+def _other_version(models: Any, champion: str) -> str:
+    versions = models.client().search_model_versions(f"name = '{models.model_name}'")
+    others = sorted((v.version for v in versions if v.version != champion), key=int)
+    if not others:
+        raise RuntimeError("no second model version to swap to: remove --data-dir's mlflow/ and re-run")
+    return str(others[-1])
 
 
 def materialize_feast(feast: Any) -> None:
@@ -450,24 +499,51 @@ def _serve_ray(kind: Kind, port: int, probe: bytes) -> None:
     if kind == "naive":
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(serve.deployment()(NaiveScoring).bind(), name="naive", route_prefix="/")
-        applied = None
+        applied, versions = None, ("", "")
     else:
         models = ModelRegistry.from_settings(settings)
-        applied = serve_config(settings, recorded_deployment(models.client(), models.model_name))
+        deployed = recorded_deployment(models.client(), models.model_name)
+        if deployed is None:
+            raise RuntimeError("no deployment recorded in the registry")
+        applied = serve_config(settings, deployed)
         api.deploy(applied)
+        versions = (deployed.champion, _other_version(models, deployed.champion))
     _wait_scoring(port, probe)
     _say("ready")
     for line in sys.stdin:
         command = line.strip()
         if command == "stop":
             break
-        if command == "unbatched" and applied is not None:
-            deployment = applied["applications"][0]["deployments"][0]
+        if applied is None:
+            continue
+        deployment = applied["applications"][0]["deployments"][0]
+        if command == "unbatched":
             deployment["user_config"] = {**deployment["user_config"], "max_batch_size": 1}
-            api.deploy(applied)
-            _say("ok")
+        elif command == "swap":
+            # In place (Serve's reconfigure), as the `deployment` asset moves the champion.
+            current = deployment["user_config"]["champion_version"]
+            target = versions[1] if current == versions[0] else versions[0]
+            deployment["user_config"] = {**deployment["user_config"], "champion_version": target}
+        else:
+            continue
+        api.deploy(applied)
+        _say("ok")
     # No serve.shutdown(): its graceful drain takes tens of seconds and nothing here needs it.
     ray.shutdown()
+
+
+def retrain_child(argv: Sequence[str]) -> None:
+    """`python -m bench.serve retrain DATA_DIR`: fit the champion's kind of model on the training set
+    over and over, on every core, until killed: a retraining run's CPU load beside the server."""
+    import pandas as pd
+
+    from modeling.train import fit_xgboost
+
+    train = pd.read_parquet(Path(argv[0]) / "lake" / "training_set.parquet")
+    _say("ready")
+    while True:
+        fit_xgboost(train, {"n_estimators": 100, "max_depth": 6}, n_jobs=os.cpu_count() or 1)
+        _say("fitted")
 
 
 def serve_child(argv: Sequence[str]) -> None:
@@ -694,12 +770,64 @@ def _measure(server: Server, phase: Phase, spec: LoadSpec) -> Measurement:
     return measurement
 
 
+def _served_version(port: int, probe: bytes) -> str:
+    status, body = _post(port, "/v1/score", probe)
+    return str(json.loads(body)["model"]["version"]) if status == 200 else f"http {status}"
+
+
+def _measure_swaps(server: Server, phase: Phase, spec: LoadSpec, requests: Requests) -> Measurement:
+    """The load, with the champion swapped a third of the way in and swapped back at two thirds;
+    each swap is confirmed by a scored request answered by the new version."""
+    probe = requests.single.read_text().splitlines()[0].encode()
+    took: list[tuple[str, str]] = []
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        began = time.perf_counter()
+        measuring = pool.submit(_measure, server, phase, spec)
+        for at in (1 / 3, 2 / 3):
+            time.sleep(max(0.0, began + at * spec.duration_s - time.perf_counter()))
+            before, started = _served_version(server.port, probe), time.perf_counter()
+            server.command("swap")
+            while (now := _served_version(server.port, probe)) == before:
+                if time.perf_counter() - started > SWAP_TIMEOUT_S:
+                    raise RuntimeError(f"a swap from v{before} took no effect in {SWAP_TIMEOUT_S:.0f} s")
+                time.sleep(0.05)
+            took.append((f"v{before} -> v{now}", f"{time.perf_counter() - started:.2f}"))
+        measurement = measuring.result()
+    measurement.note = "; ".join(f"{what} in {seconds} s" for what, seconds in took)
+    return measurement
+
+
+def _measure_retraining(server: Server, phase: Phase, spec: LoadSpec, data_dir: Path) -> Measurement:
+    """The load, while a process fits XGBoost on the training set with every core (as a retraining
+    run's training step would, unniced)."""
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", MODULE, "retrain", str(data_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert trainer.stdout is not None
+        if trainer.stdout.readline().strip() != f"{MARKER}ready":
+            raise RuntimeError("the retraining process did not start")
+        measurement = _measure(server, phase, spec)
+    finally:
+        trainer.kill()
+        fits = (trainer.communicate()[0] or "").count(f"{MARKER}fitted")
+    measurement.note = f"{fits} XGBoost fits finished beside the load"
+    return measurement
+
+
 def _phases(variant: Variant, settings: Settings) -> list[Phase]:
     """One client, then saturation, then the open-loop rates from low to high: a rate the server
     cannot keep up with leaves a backlog, and the closed-loop phases should not meet one."""
     phases = [Phase("one", 1), Phase("saturation", settings.clients)]
     phases += [Phase("open", settings.open_connections, rate=rate) for rate in sorted(settings.rates)]
     if variant.kind == "ours":
+        phases += [Phase("overload", settings.open_connections, factor=factor) for factor in OVERLOADS]
+        phases += [
+            Phase(kind, settings.open_connections, rate=DISTURBED_RATE) for kind in ("swap", "retraining")
+        ]
         phases += [Phase("batch", settings.batch_clients, batch_size=size) for size in settings.batch_sizes]
         phases.append(Phase("unbatched", settings.clients))
     return phases
@@ -737,7 +865,7 @@ def measure_variant(
             port=server.port,
             path="/v1/score/batch" if batch else "/v1/score",
             bodies=str(requests.batches[phase.batch_size] if batch else requests.single),
-            mode="open" if phase.kind == "open" else "closed",
+            mode="open" if phase.kind in ("open", "overload", "swap", "retraining") else "closed",
             connections=phase.clients,
             duration_s=duration_s,
             rate=phase.rate,
@@ -751,7 +879,12 @@ def measure_variant(
     try:
         warmup = run_in_process(spec(Phase("saturation", 8), settings.warmup_s), ROOT)
         offset += warmup.taken
-        for phase in _phases(variant, settings):
+        for planned in _phases(variant, settings):
+            phase = planned
+            if phase.kind == "overload":
+                saturation = _find(measurements, variant.key, "saturation")
+                assert saturation is not None, "saturation is measured before overload"
+                phase = replace(phase, rate=phase.factor * saturation.result.requests_per_s)
             if phase.kind == "unbatched":
                 with stages.stage(f"{variant.label}: reconfigure max_batch_size=1"):
                     server.command("unbatched")
@@ -759,7 +892,13 @@ def measure_variant(
             waited = _wait_idle(server)
             if waited > 2 * IDLE_WINDOW_S:
                 print(f"[serve] {variant.label}: waited {waited:.1f} s for the server to go idle", flush=True)
-            measurements.append(_measure(server, phase, spec(phase, settings.duration_s)))
+            load = spec(phase, settings.duration_s)
+            if phase.kind == "swap":
+                measurements.append(_measure_swaps(server, phase, load, requests))
+            elif phase.kind == "retraining":
+                measurements.append(_measure_retraining(server, phase, load, data_dir))
+            else:
+                measurements.append(_measure(server, phase, load))
             offset += 0 if phase.kind == "batch" else measurements[-1].result.taken
             print(f"[serve] {variant.label}: {phase.label}: {_summary(measurements[-1])}", flush=True)
     finally:
@@ -847,12 +986,14 @@ def table(measurements: Sequence[Measurement]) -> str:
             [
                 m.variant.label,
                 m.phase.label,
-                f"{m.phase.rate:,.0f}" if m.phase.kind == "open" else "",
+                f"{m.phase.rate:,.0f}" if m.phase.kind in ("open", "overload", "swap", "retraining") else "",
                 f"{r.requests_per_s:,.0f}",
                 f"{r.items_per_s:,.0f}",
                 _ms(r.p50_ms),
                 _ms(r.p95_ms),
                 _ms(r.p99_ms),
+                _ms(r.p999_ms),
+                _ms(r.ok_p99_ms),
                 _errors(r),
                 f"{m.mean_batch:.1f}" if m.mean_batch is not None else "-",
                 _cores(m.server_cores),
@@ -870,6 +1011,8 @@ def table(measurements: Sequence[Measurement]) -> str:
         "p50 ms",
         "p95 ms",
         "p99 ms",
+        "p99.9 ms",
+        "accepted p99 ms",
         "errors",
         "mean batch",
         "server cores",
@@ -927,6 +1070,39 @@ def checks(measurements: Sequence[Measurement], settings: Settings) -> list[Chec
                     "(target <= 20 ms, no errors)",
                 )
             )
+        for over in (m for m in measurements if m.variant.key == variant.key and m.phase.kind == "overload"):
+            r = over.result
+            goodput = r.requests_per_s / rps if rps else math.nan
+            other = {k: v for k, v in r.errors.items() if k != "http 503"}
+            out.append(
+                Check(
+                    goodput >= 0.9 and r.ok_p99_ms <= 100.0 and not other,
+                    f"{name}: offered {over.phase.rate:,.0f} req/s ({over.phase.factor:g}x saturation): "
+                    f"goodput {r.requests_per_s:,.0f} req/s = {goodput:.0%} of saturation, accepted p99 "
+                    f"{_in_ms(r.ok_p99_ms)}, refused 503 {r.errors.get('http 503', 0):,}, other errors "
+                    f"{sum(other.values()):,} (target >= 90 %, <= 100 ms, only 503s)",
+                )
+            )
+        swap = _find(measurements, variant.key, "swap")
+        if swap is not None:
+            r = swap.result
+            out.append(
+                Check(
+                    not r.failed,
+                    f"{name}: {swap.phase.label}: p99 {_in_ms(r.p99_ms)}, p99.9 {_in_ms(r.p999_ms)}, "
+                    f"errors {_errors(r)}; {swap.note} (target: no request fails)",
+                )
+            )
+        retraining = _find(measurements, variant.key, "retraining")
+        if retraining is not None:
+            r = retraining.result
+            out.append(
+                Check(
+                    None,
+                    f"{name}: {retraining.phase.label}: p99 {_in_ms(r.p99_ms)}, p99.9 {_in_ms(r.p999_ms)}, "
+                    f"errors {_errors(r)}; {retraining.note} (shown, no target)",
+                )
+            )
         batch = [m for m in measurements if m.variant.key == variant.key and m.phase.kind == "batch"]
         if batch:
             fastest = max(batch, key=lambda m: m.result.items_per_s)
@@ -971,7 +1147,7 @@ def _parser() -> argparse.ArgumentParser:
         "--rates", default=None, help="open-loop rates, comma-separated (default 100,300,500)"
     )
     parser.add_argument(
-        "--clients", type=int, default=None, help="closed-loop clients at saturation (default 64)"
+        "--clients", type=int, default=None, help="closed-loop clients at saturation (default 16)"
     )
     parser.add_argument(
         "--batch-sizes", default=None, help="transactions per /v1/score/batch call: 1000 and/or 5000"
@@ -1009,6 +1185,8 @@ def main(argv: list[str] | None = None) -> ServeBench:
     if argv[:1] == ["server"]:
         serve_child(argv[1:])
         sys.exit(0)
+    if argv[:1] == ["retrain"]:
+        retrain_child(argv[1:])
     args = _parser().parse_args(argv)
     if not args.quick:
         for name, default in SERVE_SIZE.items():

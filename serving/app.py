@@ -28,8 +28,6 @@ logger = logging.getLogger(__name__)
 
 @serve.deployment(
     name="FraudScoring",
-    max_ongoing_requests=256,
-    max_queued_requests=512,
     ray_actor_options={"num_cpus": 1},
 )
 @serve.ingress()

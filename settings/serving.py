@@ -92,11 +92,17 @@ class ServingSettings(BaseModel):
         2, ge=1, description="cluster profile: autoscaling floor (failover: >= 2 nodes)"
     )
     max_replicas: int = Field(16, ge=1, description="cluster profile: autoscaling ceiling")
+    # Little's law, L = throughput x latency, with one replica's measured saturation (docs/scaling.md):
+    # what a replica may hold and a proxy may queue bounds an accepted request's wait; the rest is
+    # refused at once (503 + Retry-After) instead of timing out after the work was queued.
     target_ongoing_requests: float = Field(
-        64, gt=0, description="cluster profile: requests in flight per replica"
+        2, gt=0, description="cluster profile: requests in flight per replica the autoscaler keeps"
     )
-    max_ongoing_requests: int = Field(256, ge=1, description="requests a replica holds at once")
-    max_queued_requests: int = Field(512, ge=-1, description="requests waiting for a replica; beyond: 503")
+    max_ongoing_requests: int = Field(16, ge=1, description="requests a replica holds at once")
+    max_queued_requests: int = Field(
+        16, ge=-1, description="requests a proxy queues for busy replicas; beyond: 503 at once"
+    )
+    retry_after_s: float = Field(1.0, ge=0, description="s a refused client is told to wait (Retry-After)")
     num_cpus: float = Field(1.0, gt=0, description="CPUs a replica asks Ray for")
     num_gpus: float = Field(0.0, ge=0, description="GPUs a replica asks Ray for (device: cuda)")
     access_log: bool = Field(False, description="one log line per request: about 7% of a replica's time")

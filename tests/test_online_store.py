@@ -8,6 +8,7 @@ scored before the consumer applies them (as serving does) or after.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -203,8 +204,32 @@ def test_redelivered_and_reordered_batches_leave_the_state_of_one_delivery(
     for frame in ("customer_events", "terminal_events", "reports"):
         pd.testing.assert_frame_equal(getattr(replayed, frame), getattr(state, frame))
     assert replayed.equals(state)
+    # What reads see too: the packed events of the SQLite store are kept beside its rows.
+    requests = batches[-1][0]
+    pd.testing.assert_frame_equal(twice.features(requests).values, once.features(requests).values)
     once.clear()
     assert once.dump().customer_events.empty and once.dump().watermark is None
+
+
+def test_a_sqlite_store_written_before_packing_is_packed_when_opened(
+    tmp_path: Path, stream: SimulatedData
+) -> None:
+    """Its rows stay the record: a store of the earlier layout reads the same once reopened."""
+    path = tmp_path / "online.db"
+    store = SqliteEventBuffers(path)
+    batches = list(days(stream))[:12]
+    for transactions, reports in batches:
+        store.add_transactions(transactions)
+        store.add_reports(reports)
+    requests = batches[-1][0]
+    expected = store.features(requests).values
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE customer_packed")
+        db.execute("DROP TABLE terminal_packed")
+    reopened = SqliteEventBuffers(path)
+    pd.testing.assert_frame_equal(reopened.features(requests).values, expected)
+    reopened.close()
 
 
 def test_a_read_before_the_floor_is_refused(open_store: OpenStore, stream: SimulatedData) -> None:

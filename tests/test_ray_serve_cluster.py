@@ -46,7 +46,8 @@ from tests.ray_cluster import LocalRayCluster, free_port
 pytestmark = pytest.mark.timeout(900)
 
 REPLICA_CLASS = f"ServeReplica:{deploy.APP_NAME}:{deploy.DEPLOYMENT}"
-CLIENTS = 16
+CLIENTS = ServingSettings().max_ongoing_requests
+"""Within what one replica holds at once, so that the only errors are the lost node's."""
 ARTIFACT = Path("test-artifacts") / "ray_cluster_failover.json"
 
 

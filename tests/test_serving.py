@@ -31,6 +31,7 @@ from serving.metrics import ServingMetrics
 from serving.model import ModelStore
 from serving.prediction_log import PredictionLog
 from serving.routing import Router, customer_buckets
+from serving.schemas import Transaction
 from serving.service import NotReadyError, ScoringService
 from settings import Rollout, ServingConfig
 from streaming.bus_kafka import KafkaBus
@@ -227,6 +228,39 @@ def test_a_read_before_the_online_floor_is_422_on_the_timestamp(
     assert refused.status_code == 422
     assert refused.json()["detail"][0]["loc"] == ["body", "timestamp"]
     assert client.post("/v1/score", json=score_body(recent)).status_code == 200
+
+    batch = client.post("/v1/score/batch", json={"transactions": [score_body(recent), score_body(old)] * 2})
+    assert batch.status_code == 422
+    assert [e["loc"] for e in batch.json()["detail"]] == [
+        ["body", "transactions", 1, "timestamp"],
+        ["body", "transactions", 3, "timestamp"],
+    ]
+    service.close()
+
+
+def test_a_stale_request_fails_alone_without_re_reading_its_batch_one_by_one(
+    served_data: ServedData, tmp_path: Path
+) -> None:
+    """A dynamic batch with stale requests costs two feature reads, whatever its size."""
+    events = served_data.data.events()
+    online = SqliteEventBuffers(tmp_path / "online.db")
+    online.add_transactions(events[list(TRANSACTION_COLUMNS)])
+    online.trim()
+    reads = []
+    read = online.features
+    online.features = lambda requests: reads.append(len(requests)) or read(requests)  # type: ignore[method-assign]
+    service = ScoringService(online, ModelStore(served_data.resources["mlflow"]), ServingMetrics())
+    service.configure(_pinned(served_data))
+    recent = [Transaction.model_validate(score_body(events.iloc[-1 - i])) for i in range(30)]
+    stale = Transaction.model_validate(score_body(events.iloc[0]))
+    batch = [*recent[:10], stale, *recent[10:20], stale, *recent[20:]]
+    results = service.score_each(batch)
+    assert [i for i, r in enumerate(results) if isinstance(r, Exception)] == [10, 21]
+    assert all("before the online store's floor" in str(results[i]) for i in (10, 21))
+    assert [r.transaction_id for r in results if not isinstance(r, Exception)] == [
+        t.transaction_id for t in recent
+    ]
+    assert reads == [32, 30]
     service.close()
 
 

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ from streaming.bus_kafka import KafkaBus
 from tests.conftest import ServedData, local_settings, register_variant, score_body
 
 pytestmark = pytest.mark.timeout(900)
+
+ADMITTED = ServingSettings().max_ongoing_requests
+"""Concurrent clients that one replica holds at once: more may be refused with 503 (admission
+control), which only the overload test is about."""
 
 
 @dataclass
@@ -266,14 +271,14 @@ def test_a_replica_started_after_a_promotion_serves_the_pinned_version(deployed:
         assert app is not None
         replicas = app["deployments"][deploy.DEPLOYMENT]["replicas"]
         assert [r["state"] for r in replicas] == ["RUNNING", "RUNNING"], replicas
-        answers = _closed_loop(f"{deployed.url}/v1/score", bodies, concurrency=16)
+        answers = _closed_loop(f"{deployed.url}/v1/score", bodies, concurrency=ADMITTED)
         assert set(answers.statuses) == {200}
         assert {a["model"]["version"] for a in answers.bodies if a} == {pinned.champion}
 
         assert deployed.redeploy_pinned().champion == newer
         # The redeploy pins the new version and keeps the deployment's options: two replicas again.
         deployed.deploy(with_deployment(deployed.config, num_replicas=2))
-        answers = _closed_loop(f"{deployed.url}/v1/score", bodies, concurrency=16)
+        answers = _closed_loop(f"{deployed.url}/v1/score", bodies, concurrency=ADMITTED)
         assert set(answers.statuses) == {200}
         assert {a["model"]["version"] for a in answers.bodies if a} == {newer}
     finally:
@@ -305,14 +310,14 @@ def test_ab_split_is_sticky_and_within_three_points_and_shadow_logs_the_challeng
     )
 
     bodies = [score_body(template, customer_id=10**9 + i, transaction_id=10**9 + i) for i in range(5_000)]
-    answers = _closed_loop(f"{deployed.url}/v1/score", bodies, concurrency=32)
+    answers = _closed_loop(f"{deployed.url}/v1/score", bodies, concurrency=ADMITTED)
     assert set(answers.statuses) == {200}
     routes = np.array([a["route"] == "challenger" for a in answers.bodies if a])
     assert abs(routes.mean() - share) <= 0.03, routes.mean()
     assert all(
         (a["route"] == "challenger") == (a["model"]["version"] == challenger) for a in answers.bodies if a
     )
-    again = _closed_loop(f"{deployed.url}/v1/score", bodies[:500], concurrency=32)
+    again = _closed_loop(f"{deployed.url}/v1/score", bodies[:500], concurrency=ADMITTED)
     first_routes = {a["transaction_id"]: a["route"] for a in answers.bodies if a}
     assert all(first_routes[a["transaction_id"]] == a["route"] for a in again.bodies if a), (
         "a customer changed route"
@@ -325,7 +330,7 @@ def test_ab_split_is_sticky_and_within_three_points_and_shadow_logs_the_challeng
         )
     )
     _wait_for(deployed, lambda a: not _ab_live(deployed), probe)
-    shadowed = _closed_loop(f"{deployed.url}/v1/score", bodies[:200], concurrency=16)
+    shadowed = _closed_loop(f"{deployed.url}/v1/score", bodies[:200], concurrency=ADMITTED)
     assert {a["route"] for a in shadowed.bodies if a} == {"champion"}
     assert {a["model"]["version"] for a in shadowed.bodies if a} == {champion}
     wanted = {a["request_id"] for a in shadowed.bodies if a}
@@ -378,11 +383,19 @@ def test_overload_is_refused_with_503_never_other_errors(deployed: Served, tmp_p
     )
     assert not saturation.errors, saturation.errors
     rate = 2 * saturation.requests_per_s
-    overload = run_in_process(
-        LoadSpec(
-            port, "/v1/score", str(bodies), "open", connections=256, duration_s=5, rate=rate, timeout_s=10
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(
+            run_in_process,
+            LoadSpec(
+                port, "/v1/score", str(bodies), "open", connections=256, duration_s=5, rate=rate, timeout_s=10
+            ),
         )
-    )
+        refusals = []
+        while not loading.done() and len(refusals) < 5:
+            answer = httpx.post(f"{deployed.url}/v1/score", json=score_body(rows.iloc[0]), timeout=10)
+            if answer.status_code != 200:
+                refusals.append((answer.status_code, answer.headers.get("Retry-After")))
+        overload = loading.result()
     print(
         f"saturation {saturation.requests_per_s:.0f} req/s (errors {saturation.errors}); "
         f"at {rate:.0f} req/s: {overload.ok} ok, errors {overload.errors}, "
@@ -392,5 +405,7 @@ def test_overload_is_refused_with_503_never_other_errors(deployed: Served, tmp_p
     # Refused at once or served; a request waits at most behind max_ongoing + max_queued
     # others, never until the timeout, and nothing else fails.
     assert set(overload.errors) <= {"http 503", "http 408"}, overload.errors
+    # Refused with the time to come back (settings: serving.retry_after_s), so clients back off.
+    assert refusals and all(refusal == (503, "1") for refusal in refusals), refusals
     assert overload.ok_p99_ms < overload.spec.timeout_s * 1e3
     deployed.deploy(applied)

@@ -44,7 +44,9 @@ Decisions a caller should know:
 
 Backends: `SqliteEventBuffers` (`sqlite_store`) for the local profile,
 `RedisEventBuffers` (`redis_store`) for prod, chosen from a URL by
-`feature_repo.online.open_event_buffers`.
+`feature_repo.online.open_event_buffers`. SQLite also keeps each entity's
+events packed in one value, so a read decodes one value per entity; Redis
+still returns one member per event (its packed form is not built yet).
 """
 
 from __future__ import annotations
@@ -89,7 +91,17 @@ _REPORT_US = "REPORT_US"
 
 
 class StaleReadError(RuntimeError):
-    """A read before the store's floor: the events it needs may have been trimmed."""
+    """A read before the store's floor: the events it needs may have been trimmed.
+
+    Attributes:
+        positions: which requests (0-based, in request order) are before the floor.
+        floor: the floor they are before.
+    """
+
+    def __init__(self, message: str, positions: np.ndarray, floor: pd.Timestamp | None) -> None:
+        super().__init__(message)
+        self.positions = positions
+        self.floor = floor
 
 
 @dataclass(frozen=True)
@@ -217,17 +229,26 @@ def _merge(buffered: pd.DataFrame, requested: dict[str, np.ndarray]) -> dict[str
     TX_DATETIME is in µs in `buffered` (as stored) and in ns in `requested`
     (the read's own times, kept exact); the result is in ns. Each transaction
     appears once: a request the consumer already applied keeps its buffered row.
+    The buffered rows keep their order (a store's (entity, time) order makes the
+    engine's sort a single pass) and the requests follow.
     """
+    buffered_tx = buffered["TRANSACTION_ID"].to_numpy()
+    buffered_ns = buffered["TX_DATETIME"].to_numpy(np.int64) * NS_PER_US
+    request_tx, request_ns = requested["TRANSACTION_ID"], requested["TX_DATETIME"]
+    # A transaction id names one payload, so an applied request is buffered at its own time:
+    # only the buffered rows from the earliest request on can be one.
+    applied = np.isin(request_tx, buffered_tx[buffered_ns >= request_ns.min()])
+    _, first = np.unique(request_tx, return_index=True)  # a transaction asked for twice counts once
+    new = np.zeros(len(request_tx), dtype=bool)
+    new[first] = True
+    new &= ~applied
     columns = {
-        name: np.concatenate([buffered[name].to_numpy(), column])
+        name: np.concatenate([buffered[name].to_numpy(), column[new]])
         for name, column in requested.items()
         if name != "TX_DATETIME"
     }
-    columns["TX_DATETIME"] = np.concatenate(
-        [buffered["TX_DATETIME"].to_numpy(np.int64) * NS_PER_US, requested["TX_DATETIME"]]
-    )
-    _, first = np.unique(columns["TRANSACTION_ID"], return_index=True)
-    return {name: column[first] for name, column in columns.items()}
+    columns["TX_DATETIME"] = np.concatenate([buffered_ns, request_ns[new]])
+    return columns
 
 
 def _no_history(group: FeatureGroup, values: dict[str, np.ndarray]) -> np.ndarray:
@@ -322,12 +343,14 @@ class EventBuffers(ABC):
             latest // NS_PER_US,
         )
         if snapshot.floor_us is not None and earliest < snapshot.floor_us * NS_PER_US:
-            stale = int((times_ns < snapshot.floor_us * NS_PER_US).sum())
+            stale = np.flatnonzero(times_ns < snapshot.floor_us * NS_PER_US)
             raise StaleReadError(
-                f"{stale} of {len(tx)} requests are before the online store's floor "
+                f"{len(stale)} of {len(tx)} requests are before the online store's floor "
                 f"{_optional_timestamp(snapshot.floor_us)} (watermark "
                 f"{_optional_timestamp(snapshot.watermark_us)} minus the grace at the last trim): "
-                "their windows may reach events already trimmed"
+                "their windows may reach events already trimmed",
+                stale,
+                _optional_timestamp(snapshot.floor_us),
             )
         requested = {"TRANSACTION_ID": tx, "TX_DATETIME": times_ns}
         customer_events = _merge(

@@ -1,0 +1,20 @@
+"""Why Serve's HAProxy ingress stays opt-in (`RAY_SERVE_ENABLE_HA_PROXY=1`), checked against Ray itself.
+
+HAProxy answers several times faster than Serve's Python proxy
+(`bench/results/serve.md`), but the config Ray renders for it cannot keep this
+project's rule that servers bind 127.0.0.1 only: its stats and Prometheus
+listeners bind every interface and its admin socket is writable by every local
+user, with no setting to change either. When this test fails, Ray has changed
+the template: make HAProxy the default if the new one can be kept local.
+"""
+
+from __future__ import annotations
+
+from ray.serve._private import haproxy_templates
+
+
+def test_rays_haproxy_config_still_opens_side_ports_on_every_interface() -> None:
+    template = haproxy_templates.HAPROXY_CONFIG_TEMPLATE
+    assert "bind *:{{ config.stats_port }}" in template  # `listen stats`: every interface
+    assert "bind :{{ config.metrics_port }}" in template  # `frontend prometheus`: every interface
+    assert "mode 666 level admin" in template  # the runtime API socket: any local user, admin level
