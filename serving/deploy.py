@@ -79,7 +79,10 @@ def serve_config(settings: Settings, deployment: Deployment | None = None) -> di
                         **scaling,
                         "max_ongoing_requests": serving.max_ongoing_requests,
                         "max_queued_requests": serving.max_queued_requests,
-                        "backpressure_config": {"status_code": 503, "retry_after_s": serving.retry_after_s},
+                        "backpressure_config": {
+                            "status_code": 503,
+                            "retry_after_s": serving.runtime.retry_after_s,
+                        },
                         "ray_actor_options": {"num_cpus": serving.num_cpus, "num_gpus": serving.num_gpus},
                         "user_config": runtime,
                     }

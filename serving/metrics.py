@@ -116,7 +116,7 @@ CACHE = MetricSpec(
 ERRORS = MetricSpec(
     "fraudpipe_serve_errors",
     "counter",
-    "Requests that failed, by kind (validation, too_large, stale_read, not_ready, internal).",
+    "Requests that failed, by kind (validation, too_large, overloaded, stale_read, not_ready, internal).",
     ("kind",),
 )
 SCORES = MetricSpec(

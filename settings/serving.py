@@ -55,6 +55,9 @@ class ServingConfig(BaseModel):
             pinned by the deployment (`deployment` asset); a replica without a
             pinned champion answers 503, it never resolves an alias itself.
         prediction_log: whether answers go to the predictions stream.
+        max_in_flight: admission control, by Little's law: a replica answering X
+            requests/s keeps an admitted request at most about max_in_flight / X s;
+            the rest is refused at once with 503 and `Retry-After: retry_after_s`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -77,6 +80,10 @@ class ServingConfig(BaseModel):
     challenger_version: str | None = Field(None, description="pinned by the `deployment` asset")
     rollout: Rollout = Rollout()
     prediction_log: bool = Field(True, description="send every answer to the predictions stream")
+    max_in_flight: int = Field(
+        16, ge=1, description="scoring requests a replica works on at once; beyond: 503 at once"
+    )
+    retry_after_s: int = Field(1, ge=0, description="s a refused or not-ready client is told to wait")
 
 
 class ServingSettings(BaseModel):
@@ -98,11 +105,12 @@ class ServingSettings(BaseModel):
     target_ongoing_requests: float = Field(
         2, gt=0, description="cluster profile: requests in flight per replica the autoscaler keeps"
     )
-    max_ongoing_requests: int = Field(16, ge=1, description="requests a replica holds at once")
+    # Serve's own limit stays above `runtime.max_in_flight`: at it, Serve's router holds requests in
+    # backoff sleeps instead of refusing them, and goodput collapsed (docs/scaling.md).
+    max_ongoing_requests: int = Field(128, ge=1, description="requests Serve routes to a replica at once")
     max_queued_requests: int = Field(
-        16, ge=-1, description="requests a proxy queues for busy replicas; beyond: 503 at once"
+        64, ge=-1, description="requests a proxy queues when every replica is at max_ongoing; beyond: 503"
     )
-    retry_after_s: float = Field(1.0, ge=0, description="s a refused client is told to wait (Retry-After)")
     num_cpus: float = Field(1.0, gt=0, description="CPUs a replica asks Ray for")
     num_gpus: float = Field(0.0, ge=0, description="GPUs a replica asks Ray for (device: cuda)")
     access_log: bool = Field(False, description="one log line per request: about 7% of a replica's time")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import tempfile
@@ -106,6 +107,14 @@ def served_data(pipeline_run: PipelineRun, tmp_path_factory: pytest.TempPathFact
         online.add_transactions(pipeline_run.data.events()[list(TRANSACTION_COLUMNS)])
         online.add_reports(pipeline_run.data.fraud_reports)
     return ServedData(pipeline_run.data, data_dir, resources)
+
+
+def needs_tool(found: bool, what: str) -> pytest.MarkDecorator:
+    """Skip where `what` is missing, but not under CI=true: there the test runs and fails on it."""
+    return pytest.mark.skipif(
+        not found and os.environ.get("CI") != "true",
+        reason=f"{what} is not installed (CI=true fails instead)",
+    )
 
 
 def score_body(row: pd.Series, **overrides: Any) -> dict[str, Any]:

@@ -17,6 +17,8 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from tests.conftest import needs_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 SCREENSHOT = ARTIFACTS / "dagster_ui_asset_graph.png"
@@ -111,7 +113,7 @@ def _graph_groups(page: Page) -> set[str]:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Debian's chromium is not installed at {CHROMIUM}")
+@needs_tool(CHROMIUM.exists(), f"Debian's chromium at {CHROMIUM}")
 def test_asset_lineage_shows_the_five_stage_groups(
     dagster_ui: str, record_property: Callable[[str, object], None]
 ) -> None:

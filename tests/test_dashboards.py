@@ -55,6 +55,7 @@ from serving.metrics import (
 )
 from settings import MonitoringSettings, ServingSettings, StreamSettings
 from streaming.metrics import ConsumerMetrics
+from tests.conftest import needs_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "infra" / "prometheus"
@@ -548,7 +549,7 @@ def firing(*alerts: tuple[str, dict[str, str]]) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+@needs_tool(shutil.which("promtool") is not None, "promtool (Debian's prometheus)")
 def test_alerts_fire_under_promtool_on_the_exporters_series(tmp_path: Path) -> None:
     """Unhealthy series fire exactly the expected alerts, healthy ones none, stale monitoring by its delay."""
     promtool("check", "config", str(PROMETHEUS / "prometheus.yml"))

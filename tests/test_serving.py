@@ -8,6 +8,7 @@ and a mock Kafka cluster for the prediction log. Ray itself is exercised in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,7 +33,7 @@ from serving.metrics import ServingMetrics
 from serving.model import ModelStore
 from serving.prediction_log import PredictionLog
 from serving.routing import Router, customer_buckets
-from serving.schemas import Transaction
+from serving.schemas import Score, Transaction
 from serving.service import NotReadyError, ScoringService
 from settings import Rollout, ServingConfig
 from streaming.bus_kafka import KafkaBus
@@ -76,6 +78,7 @@ COUNTERS = {
     "swaps": "ray_fraudpipe_serve_model_swaps_total",
     "scores": "ray_fraudpipe_serve_scores_total",
     "prediction_log": "ray_fraudpipe_serve_prediction_log_total",
+    "errors": "ray_fraudpipe_serve_errors_total",
 }
 
 
@@ -235,6 +238,41 @@ def test_a_read_before_the_online_floor_is_422_on_the_timestamp(
         ["body", "transactions", 1, "timestamp"],
         ["body", "transactions", 3, "timestamp"],
     ]
+    service.close()
+
+
+def test_requests_beyond_max_in_flight_are_refused_at_once_with_retry_after(served_data: ServedData) -> None:
+    """Admission control: two scores held in the replica, a third is refused before it is read."""
+    service = _service(served_data, max_in_flight=2, retry_after_s=3)
+    overloaded = _count(service.metrics, "errors", kind="overloaded")
+    release, held = asyncio.Event(), asyncio.Event()
+    waiting = 0
+
+    async def blocked(transaction: Transaction) -> Score | Exception:
+        nonlocal waiting
+        waiting += 1
+        if waiting == 2:
+            held.set()
+        await release.wait()
+        return (await asyncio.to_thread(service.score_each, [transaction]))[0]
+
+    async def run() -> list[httpx.Response]:
+        api = build_api(service, blocked)
+        transport = httpx.ASGITransport(app=api)
+        body = score_body(served_data.data.events().iloc[-1])
+        async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+            first = [asyncio.create_task(client.post("/v1/score", json=body)) for _ in range(2)]
+            await held.wait()
+            try:  # refused at once: without admission control it would wait for the release
+                refused = await asyncio.wait_for(client.post("/v1/score", json=body), timeout=10)
+            finally:
+                release.set()
+            return [refused, *await asyncio.gather(*first)]
+
+    refused, *served = asyncio.run(run())
+    assert (refused.status_code, refused.headers["Retry-After"]) == (503, "3")
+    assert [answer.status_code for answer in served] == [200, 200]
+    assert _count(service.metrics, "errors", kind="overloaded") == overloaded + 1
     service.close()
 
 
