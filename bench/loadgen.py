@@ -169,6 +169,8 @@ class _Connection(asyncio.Protocol):
     async def request(self, data: bytes) -> int:
         """Send one request and return the answer's status code."""
         assert self.transport is not None
+        if self.closed or self.transport.is_closing():  # the server closed it after its last answer
+            raise ConnectionError("connection closed by the server")
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         return await self._waiter

@@ -771,8 +771,15 @@ def _measure(server: Server, phase: Phase, spec: LoadSpec) -> Measurement:
 
 
 def _served_version(port: int, probe: bytes) -> str:
-    status, body = _post(port, "/v1/score", probe)
-    return str(json.loads(body)["model"]["version"]) if status == 200 else f"http {status}"
+    """The version answering a score now; a probe refused under load (503) is asked again."""
+    deadline = time.monotonic() + SWAP_TIMEOUT_S
+    while True:
+        status, body = _post(port, "/v1/score", probe)
+        if status == 200:
+            return str(json.loads(body)["model"]["version"])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the probe was answered {status} for {SWAP_TIMEOUT_S:.0f} s")
+        time.sleep(0.05)
 
 
 def _measure_swaps(server: Server, phase: Phase, spec: LoadSpec, requests: Requests) -> Measurement:
