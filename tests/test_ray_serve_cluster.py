@@ -38,7 +38,7 @@ from ray import serve
 
 from modeling import registry
 from serving import deploy
-from settings import ServingSettings, Settings
+from settings import ServingConfig, ServingSettings, Settings
 from streaming.bus_kafka import KafkaBus
 from tests.conftest import ServedData, score_body
 from tests.ray_cluster import LocalRayCluster, free_port
@@ -46,8 +46,8 @@ from tests.ray_cluster import LocalRayCluster, free_port
 pytestmark = pytest.mark.timeout(900)
 
 REPLICA_CLASS = f"ServeReplica:{deploy.APP_NAME}:{deploy.DEPLOYMENT}"
-CLIENTS = ServingSettings().max_ongoing_requests
-"""Within what one replica holds at once, so that the only errors are the lost node's."""
+CLIENTS = ServingConfig().max_in_flight
+"""Within what one replica admits at once, so that the only errors are the lost node's."""
 ARTIFACT = Path("test-artifacts") / "ray_cluster_failover.json"
 
 

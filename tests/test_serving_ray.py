@@ -33,14 +33,14 @@ from bench.loadgen import LoadSpec, run_in_process
 from feature_repo.windows import MODEL_FEATURES
 from modeling import registry
 from serving import deploy
-from settings import ServingSettings, Settings
+from settings import ServingConfig, ServingSettings, Settings
 from streaming.bus_kafka import KafkaBus
 from tests.conftest import ServedData, local_settings, register_variant, score_body
 
 pytestmark = pytest.mark.timeout(900)
 
-ADMITTED = ServingSettings().max_ongoing_requests
-"""Concurrent clients that one replica holds at once: more may be refused with 503 (admission
+ADMITTED = ServingConfig().max_in_flight
+"""Concurrent clients that one replica admits at once: more may be refused with 503 (admission
 control), which only the overload test is about."""
 
 

@@ -28,8 +28,8 @@ from orchestration.resources import EventSourceResource
 from orchestration.sensors import day_fingerprint, stream_landing_sensor
 from serving.metrics import ServingMetrics
 from serving.prediction_log import PredictionLog, RecordBatch
-from serving.schemas import ColdStart, Latency, ModelRef, Score, Transaction
-from serving.service import _Answered
+from serving.schemas import Transaction
+from serving.service import ScoredBatch, _Answered
 from settings import StreamSettings
 from streaming.cli import app
 from streaming.config import StreamConfig
@@ -108,30 +108,24 @@ def answered(first_id: int, n: int, at: datetime, shadow: bool, seed: int) -> _A
     ]
     probabilities = rng.uniform(0, 1, n)
     challenger = rng.uniform(0, 1, n) < 0.3
-    scores = [
-        Score.model_construct(
-            transaction_id=t.transaction_id,
-            request_id=uuid.uuid4().hex,
-            probability=float(probabilities[i]),
-            fraud=bool(probabilities[i] >= 0.5),
-            threshold=0.5,
-            model=ModelRef.model_construct(name="fraud", version="4" if challenger[i] else "3"),
-            route="challenger" if challenger[i] else "champion",
-            cached=bool(i % 3 == 0),
-            cold_start=ColdStart.model_construct(customer=False, terminal=False),
-            latency=Latency.model_construct(features_ms=1.5, model_ms=0.25, total_ms=0.0),
-        )
-        for i, t in enumerate(transactions)
-    ]
     # Digits to the last bit of a float64: the landed value must be the same number, not a near one.
     features = rng.uniform(0, 1_000, (n, len(MODEL_FEATURES))) / 7
-    return _Answered(
-        transactions,
-        scores,
-        features,
-        rng.uniform(0, 1, n) if shadow else None,
-        "4" if shadow else None,
+    scored = ScoredBatch(
+        transactions=transactions,
+        request_ids=[uuid.uuid4().hex for _ in transactions],
+        probabilities=probabilities,
+        versions=np.where(challenger, "4", "3").astype(object),
+        to_challenger=challenger,
+        cached=np.arange(n) % 3 == 0,
+        unknown_customer=np.zeros(n, dtype=bool),
+        unknown_terminal=np.zeros(n, dtype=bool),
+        features=features,
+        model_name="fraud",
+        threshold=0.5,
+        features_ms=1.5,
+        model_ms=0.25,
     )
+    return _Answered(scored, rng.uniform(0, 1, n) if shadow else None, "4" if shadow else None)
 
 
 def expected_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
