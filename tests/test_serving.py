@@ -216,14 +216,21 @@ def test_a_body_over_one_mib_is_413_declared_or_chunked(client: TestClient) -> N
     assert client.post("/v1/score/batch", content=chunks()).status_code == 413
 
 
+def _trimmed_store(events: pd.DataFrame, tmp_path: Path) -> SqliteEventBuffers:
+    """Every simulated event applied, then trimmed: the dataset's first days are before the floor."""
+    online = SqliteEventBuffers(tmp_path / "online.db")
+    online.add_transactions(events[list(TRANSACTION_COLUMNS)])
+    online.trim()
+    return online
+
+
 def test_a_read_before_the_online_floor_is_422_on_the_timestamp(
     served_data: ServedData, tmp_path: Path
 ) -> None:
     events = served_data.data.events()
-    online = SqliteEventBuffers(tmp_path / "online.db")
-    online.add_transactions(events[list(TRANSACTION_COLUMNS)])
-    online.trim()
-    service = ScoringService(online, ModelStore(served_data.resources["mlflow"]), ServingMetrics())
+    service = ScoringService(
+        _trimmed_store(events, tmp_path), ModelStore(served_data.resources["mlflow"]), ServingMetrics()
+    )
     service.configure(_pinned(served_data))
     client = TestClient(build_api(service))
     old, recent = events.iloc[0], events.iloc[-1]
@@ -281,9 +288,7 @@ def test_a_stale_request_fails_alone_without_re_reading_its_batch_one_by_one(
 ) -> None:
     """A dynamic batch with stale requests costs two feature reads, whatever its size."""
     events = served_data.data.events()
-    online = SqliteEventBuffers(tmp_path / "online.db")
-    online.add_transactions(events[list(TRANSACTION_COLUMNS)])
-    online.trim()
+    online = _trimmed_store(events, tmp_path)
     reads = []
     read = online.features
     online.features = lambda requests: reads.append(len(requests)) or read(requests)  # type: ignore[method-assign]
