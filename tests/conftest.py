@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 import uuid
@@ -23,8 +22,8 @@ from orchestration.profiles import build_resources
 from orchestration.runner import run_pipeline
 from settings import ServingSettings, Settings, StreamSettings, load_settings
 from simulator import SimulatedData, SimulatorConfig, simulate, write_dataset
-from streaming.bus_kafka import mock_kafka_cluster
-from tests.ray_cluster import LocalRayCluster
+from streaming.bus_kafka import KafkaBus, mock_kafka_cluster
+from tests.ray_cluster import LocalRayCluster, free_port
 
 if TYPE_CHECKING:
     from streaming.config import StreamConfig
@@ -50,20 +49,24 @@ class PipelineRun:
     results: dict[str, dg.ExecuteInProcessResult]
 
 
-def _unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def local_settings(data_dir: Path, **fields: Any) -> Settings:
     """The local profile over `data_dir`, whatever this machine's environment says.
 
     Serve's REST API is looked for on a port nothing listens on unless a test names one: the
     `deployment` asset of a test's pipeline must never reconfigure a Serve that runs beside it.
     """
-    fields.setdefault("serving", ServingSettings(ray_dashboard_port=_unused_port()))
+    fields.setdefault("serving", ServingSettings(ray_dashboard_port=free_port()))
     return load_settings(profile="local", data_dir=data_dir, **fields)
+
+
+def serving_on_free_ports(served: ServedData, kafka_bootstrap: str, **serving: Any) -> Settings:
+    """The local profile over `served`, its Serve ports free ones, its predictions topic on the mock
+    Kafka cluster: what a test that starts Ray Serve on this machine runs with."""
+    stream = served.resources["stream"]
+    stream.publish_local_broker(kafka_bootstrap)
+    KafkaBus(kafka_bootstrap).ensure_topics([stream.topics().predictions])
+    ports = {name: free_port() for name in ("port", "ray_dashboard_port", "ray_metrics_port")}
+    return local_settings(served.data_dir, serving=ServingSettings(**ports, **serving))
 
 
 @pytest.fixture(scope="session")

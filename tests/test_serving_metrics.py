@@ -8,7 +8,6 @@ pipeline output; the prediction log goes to the session's mock Kafka cluster.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections import defaultdict
@@ -22,19 +21,11 @@ from modeling import registry
 from serving import deploy
 from serving.api import UNMATCHED
 from serving.metrics import ERRORS, REQUEST_SECONDS, SCORES, SPECS, ray_metrics_url, series_samples
-from settings import ServingSettings
-from streaming.bus_kafka import KafkaBus
-from tests.conftest import ServedData, local_settings, score_body
+from tests.conftest import ServedData, score_body, serving_on_free_ports
 
 pytestmark = pytest.mark.timeout(600)
 
 REQUESTS = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _scrape_until(url: str, done: Callable[[str], bool], timeout_s: float = 60) -> str:
@@ -62,15 +53,7 @@ def _scores_by_replica(text: str) -> dict[str, float]:
 def test_one_scrape_of_rays_metrics_agent_sees_every_replica(
     served_data: ServedData, kafka_bootstrap: str
 ) -> None:
-    stream = served_data.resources["stream"]
-    stream.publish_local_broker(kafka_bootstrap)
-    KafkaBus(kafka_bootstrap).ensure_topics([stream.topics().predictions])
-    settings = local_settings(
-        served_data.data_dir,
-        serving=ServingSettings(
-            port=_free_port(), ray_dashboard_port=_free_port(), ray_metrics_port=_free_port(), replicas=2
-        ),
-    )
+    settings = serving_on_free_ports(served_data, kafka_bootstrap, replicas=2)
     metrics_url = ray_metrics_url(settings.serving.ray_metrics_port)
     models = served_data.resources["mlflow"]
     models.activate()

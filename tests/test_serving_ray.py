@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,9 +32,9 @@ from bench.loadgen import LoadSpec, run_in_process
 from feature_repo.windows import MODEL_FEATURES
 from modeling import registry
 from serving import deploy
-from settings import ServingConfig, ServingSettings, Settings
+from settings import ServingConfig, Settings
 from streaming.bus_kafka import KafkaBus
-from tests.conftest import ServedData, local_settings, register_variant, score_body
+from tests.conftest import ServedData, register_variant, score_body, serving_on_free_ports
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -67,12 +66,6 @@ class Served:
         return pinned
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def with_deployment(config: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """A copy of `config` with the scoring deployment's options (or, nested, user_config) changed."""
     changed = json.loads(json.dumps(config))
@@ -85,15 +78,7 @@ def with_deployment(config: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def deployed(served_data: ServedData, kafka_bootstrap: str) -> Iterator[Served]:
-    stream = served_data.resources["stream"]
-    stream.publish_local_broker(kafka_bootstrap)
-    KafkaBus(kafka_bootstrap).ensure_topics([stream.topics().predictions])
-    settings = local_settings(
-        served_data.data_dir,
-        serving=ServingSettings(
-            port=_free_port(), ray_dashboard_port=_free_port(), ray_metrics_port=_free_port()
-        ),
-    )
+    settings = serving_on_free_ports(served_data, kafka_bootstrap)
     with pytest.MonkeyPatch.context() as env:
         for name, value in settings.to_env().items():  # Ray's processes, hence the replicas, inherit them
             env.setenv(name, value)
