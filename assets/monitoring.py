@@ -31,9 +31,9 @@ from modeling import registry
 from modeling.metrics import fraud_metrics
 from modeling.registry import ModelRegistry
 from modeling.train import score
+from monitoring.drift import DriftResult, score_drift
 from monitoring.drift import feature_drift as measure_drift
-from monitoring.drift import score_drift
-from monitoring.evidently_report import evidently_drift_report
+from monitoring.evidently_report import SensorRule, evidently_drift_report
 from monitoring.exporter import OUTCOME_METRICS, write_metrics
 from monitoring.reference import ModelReference, load_reference
 from orchestration.resources import EventSourceResource, LakeResource
@@ -113,6 +113,20 @@ def drift_columns(monitoring: dg.ResourceParam[MonitoringSettings]) -> list[str]
     return [f for f in MODEL_FEATURES if f not in monitoring.ignored_features]
 
 
+def drift_verdict(result: DriftResult, monitoring: MonitoringSettings) -> tuple[list[str], bool]:
+    """The drift sensor's verdict on a day: the features that drifted (PSI or KS over its
+    threshold, largest PSI first, ignored features left out) and whether enough of them drifted
+    together for a drifted day, the `drift_detected` that `drift_sensor` retrains on."""
+    columns = drift_columns(monitoring)
+    drifted = [f for f in result.drifted(monitoring.psi_threshold, monitoring.ks_threshold) if f in columns]
+    return drifted, len(drifted) >= monitoring.min_drifted_features
+
+
+PER_FEATURE = "per_feature"
+"""Prefix of the per-feature metadata (`per_feature/<feature>/psi`, `.../ks`): Dagster's Plots view
+sorts labels as plain strings, so they come after the headline numbers, each feature's two side by side."""
+
+
 @dg.asset(
     partitions_def=daily_partitions,
     group_name=GROUP,
@@ -126,7 +140,13 @@ def feature_drift(
     monitoring: dg.ResourceParam[MonitoringSettings],
 ) -> dg.MaterializeResult:
     """PSI and KS of each served feature against the champion's training rows; the day is
-    drifted when enough features pass the thresholds. Evidently's report beside it, as HTML."""
+    drifted when enough features pass the thresholds (`drift_verdict`: what `drift_sensor`
+    retrains on). Evidently's report beside it, as HTML, judged by the same rule.
+
+    Metadata: the verdict (`drift_detected`, `drifted_features`: the features that triggered,
+    `drift_rule`), the headline numbers (`max_ks`, `max_psi`, `n_drifted`, `n_rows`: first in
+    the Plots view), then `per_feature/<feature>/ks` and `.../psi`; with Evidently's report, its
+    path, its drifted features and whether it agrees with the verdict."""
     day = context.partition_key
     predictions = _predictions(lake, day)
     if predictions.empty:
@@ -135,26 +155,40 @@ def feature_drift(
     columns = drift_columns(monitoring)
     result = measure_drift(reference.features, predictions, min_rows=monitoring.min_rows)
     if result.insufficient:
-        return _insufficient(result.reason, drift_detected=False, rows=len(predictions))
-    drifted = [f for f in result.drifted(monitoring.psi_threshold, monitoring.ks_threshold) if f in columns]
-    detected = len(drifted) >= monitoring.min_drifted_features
+        return _insufficient(result.reason, drift_detected=False, n_rows=len(predictions))
+    drifted, detected = drift_verdict(result, monitoring)
+    rule = SensorRule.from_settings(monitoring)
     metadata: MetadataDict = {
         "sufficient": True,
         "drift_detected": detected,
         "drifted_features": dg.MetadataValue.json(drifted),
-        "n_drifted": len(drifted),
+        "drift_rule": f"{rule.describe()}; drift_sensor retrains on a drifted day",
         "max_psi": float(max(result.features[c].psi for c in columns)),
         "max_ks": float(max(result.features[c].ks for c in columns)),
-        "rows": len(predictions),
+        "n_drifted": len(drifted),
+        "n_rows": len(predictions),
         "reference_version": reference.version,
-        **{f"psi/{name}": float(d.psi) for name, d in result.features.items()},
-        **{f"ks/{name}": float(d.ks) for name, d in result.features.items()},
+        **{
+            f"{PER_FEATURE}/{name}/{statistic}": float(getattr(d, statistic))
+            for name, d in result.features.items()
+            for statistic in ("psi", "ks")
+        },
     }
     if monitoring.evidently_reports:
         html = lake.artifact_dir(f"evidently/{day}") / "feature_drift.html"
-        summary = evidently_drift_report(reference.rows, predictions, columns, html)
+        summary = evidently_drift_report(
+            reference.rows, predictions, columns, html, min_rows=monitoring.min_rows, rule=rule
+        )
+        found = summary.get("drifted_features", [])
+        agrees = set(found) == set(drifted) and summary.get("dataset_drift") == detected
         metadata["evidently_report"] = dg.MetadataValue.path(str(html))
-        metadata["evidently_share_drifted"] = float(summary.get("share_drifted", float("nan")))
+        metadata["evidently_drifted_features"] = dg.MetadataValue.json(found)
+        metadata["evidently_agrees"] = agrees
+        if not agrees:
+            context.log.warning(
+                f"{day}: Evidently's report ({found}, drifted day {summary.get('dataset_drift')}) "
+                f"disagrees with the sensor's verdict ({drifted}, drifted day {detected})"
+            )
     _record(
         lake,
         day,

@@ -15,7 +15,7 @@ from monitoring.drift import (
     feature_drift,
     score_drift,
 )
-from monitoring.evidently_report import evidently_drift_report
+from monitoring.evidently_report import DEFAULT_RULE, SCORE_THRESHOLD, SensorRule, evidently_drift_report
 
 
 def _one_column(reference: np.ndarray, current: np.ndarray, bins: int = 10, min_rows: int = 1) -> tuple:
@@ -285,7 +285,12 @@ def test_evidently_report_finds_the_shifted_column_and_writes_html(tmp_path: Pat
         "flag": False,
     }
     assert summary["drifted_columns"] == 1 and summary["share_drifted"] == pytest.approx(1 / 3)
-    assert all(column["method"] and column["threshold"] > 0 for column in summary["columns"].values())
+    assert summary["drifted_features"] == ["amount"] and summary["dataset_drift"] is False
+    assert summary["test"] == DEFAULT_RULE.describe()
+    assert all(
+        column["method"] == DEFAULT_RULE.stattest_name and column["threshold"] == SCORE_THRESHOLD
+        for column in summary["columns"].values()
+    )
     assert not summary["sampled"] and summary["rows_used"] == {"reference": 3_000, "current": 3_000}
     assert html.stat().st_size > 10_000 and "<html" in html.read_text()[:1_000].lower()
 
@@ -314,3 +319,45 @@ def test_evidently_is_not_run_without_data(tmp_path: Path) -> None:
     assert summary["rows"] == {"reference": 500, "current": 0} and not html.exists()
     with pytest.raises(ValueError, match="'nope'"):
         evidently_drift_report(reference, current, ["amount", "nope"], html)
+
+
+def test_evidently_judges_each_column_by_the_sensors_rule(tmp_path: Path) -> None:
+    """PSI or KS, each over its own threshold, as `DriftResult.drifted`; the score is the larger ratio."""
+    reference, current = _evidently_frames(3_000)
+    columns = ["amount", "count", "flag"]
+    sensor = feature_drift(ReferenceProfile.from_frame(reference, columns), current).features
+    rules = {
+        "KS alone": SensorRule(psi_threshold=100.0, ks_threshold=0.1, min_drifted_features=1),
+        "PSI alone": SensorRule(psi_threshold=0.2, ks_threshold=1.0, min_drifted_features=1),
+        "neither": SensorRule(psi_threshold=100.0, ks_threshold=1.0, min_drifted_features=1),
+    }
+
+    summaries = {
+        case: evidently_drift_report(reference, current, columns, tmp_path / "drift.html", rule=rule)
+        for case, rule in rules.items()
+    }
+
+    for case, rule in rules.items():
+        summary = summaries[case]
+        drifted = [
+            n for n in columns if sensor[n].psi > rule.psi_threshold or sensor[n].ks > rule.ks_threshold
+        ]
+        assert summary["drifted_features"] == drifted == ([] if case == "neither" else ["amount"]), case
+        assert summary["dataset_drift"] is bool(drifted), case
+        for name, column in summary["columns"].items():
+            score = max(sensor[name].psi / rule.psi_threshold, sensor[name].ks / rule.ks_threshold)
+            assert column["drift_score"] == score and column["method"] == rule.stattest_name, (case, name)
+    assert len({rule.stattest_name for rule in rules.values()}) == len(rules)
+
+
+def test_evidently_picks_its_own_tests_without_a_rule(tmp_path: Path) -> None:
+    reference, current = _evidently_frames(3_000)
+
+    summary = evidently_drift_report(
+        reference, current, ["amount", "flag"], tmp_path / "drift.html", rule=None
+    )
+
+    assert summary["test"] == "Evidently's own test per column"
+    methods = {column["method"] for column in summary["columns"].values()}
+    assert methods and not any(method.startswith("fraudpipe") for method in methods)
+    assert summary["drifted_features"] == ["amount"]

@@ -26,20 +26,31 @@ from tests.conftest import ServedData, local_settings
 DAY = "2018-08-08"
 
 
-def _materialize(served: ServedData, day: str) -> dict[str, dict[str, Any]]:
-    resources = {**served.resources, "monitoring": MonitoringSettings(evidently_reports=False)}
+def _entries(
+    served: ServedData,
+    day: str,
+    assets: tuple[dg.AssetsDefinition, ...] = (feature_drift, prediction_drift, outcome_metrics),
+    evidently: bool = False,
+) -> dict[str, dict[str, dg.MetadataValue]]:
+    resources = {**served.resources, "monitoring": MonitoringSettings(evidently_reports=evidently)}
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [feature_drift, prediction_drift, outcome_metrics],
-            partition_key=day,
-            resources=resources,
-            instance=instance,
-        )
+        result = dg.materialize(list(assets), partition_key=day, resources=resources, instance=instance)
     assert result.success
     return {
-        e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+        e.asset_key.to_user_string(): dict(e.materialization.metadata)
         for e in result.get_asset_materialization_events()
     }
+
+
+def _materialize(served: ServedData, day: str) -> dict[str, dict[str, Any]]:
+    return {
+        asset: {k: v.value for k, v in entries.items()} for asset, entries in _entries(served, day).items()
+    }
+
+
+def _plotted(entries: dict[str, dg.MetadataValue]) -> list[str]:
+    """The labels Dagster's Plots view draws, in its order: numeric entries, sorted as plain strings."""
+    return sorted(k for k, v in entries.items() if isinstance(v, dg.IntMetadataValue | dg.FloatMetadataValue))
 
 
 def _predictions(served: ServedData, features: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -80,6 +91,30 @@ def test_all_nan_features_are_insufficient_and_real_ones_are_measured(served_dat
     # The logged probabilities (all 0.01) rank nothing; the champion re-scored on the same features does.
     assert outcome["served_roc_auc"] == pytest.approx(0.5)
     assert outcome["champion_roc_auc"] > 0.7
+
+
+def test_feature_drift_says_its_rule_plots_headlines_first_and_evidently_agrees(
+    served_data: ServedData,
+) -> None:
+    lake = served_data.resources["lake"]
+    lake.write_partition("predictions", DAY, _predictions(served_data))
+
+    entries = _entries(served_data, DAY, (feature_drift,), evidently=True)["feature_drift"]
+
+    drift = {k: v.value for k, v in entries.items()}
+    assert drift["sufficient"] is True
+    assert "PSI (10 reference quantile bins) > 0.2 or KS > 0.15" in drift["drift_rule"]
+    assert "drift_sensor" in drift["drift_rule"]
+    assert drift["n_drifted"] == len(drift["drifted_features"])
+    # One verdict: Evidently's report, judged by the sensor's rule, names the same features.
+    assert drift["evidently_agrees"] is True
+    assert sorted(drift["evidently_drifted_features"]) == sorted(drift["drifted_features"])
+    assert Path(drift["evidently_report"]).stat().st_size > 10_000
+    plotted = _plotted(entries)
+    assert plotted[:4] == ["max_ks", "max_psi", "n_drifted", "n_rows"]
+    assert plotted[4:] == [
+        f"per_feature/{name}/{s}" for name in sorted(MODEL_FEATURES) for s in ("ks", "psi")
+    ]
 
 
 def test_serving_summary_reads_quantiles_and_error_rates_from_the_exposition() -> None:
