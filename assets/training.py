@@ -2,7 +2,7 @@
 
 import json
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ from modeling.split import SplitWindow, train_test_split
 from modeling.train import evaluate, fit_decision_tree, score, select_params, train_and_evaluate
 from monitoring.reference import REFERENCE_DIR, write_reference
 from orchestration.resources import LakeResource
+from orchestration.retraining import REASON_TAG
 from settings import PromotionSettings, Settings
 
 MODEL_DIR = "fraud_model"
@@ -111,6 +112,49 @@ def _read_model(lake: LakeResource) -> tuple[xgb.XGBClassifier, dict]:
     return model, json.loads((out / "summary.json").read_text())
 
 
+TRIGGERS = (
+    ("sensor", "dagster/sensor_name"),
+    ("schedule", "dagster/schedule_name"),
+    ("backfill", "dagster/backfill"),
+    ("automation", "dagster/from_automation_condition"),
+    ("re-execution", "dagster/parent_run_id"),
+)
+"""What may have launched a run, by the Dagster tag that says so, in the order they are asked."""
+
+
+def run_trigger(tags: Mapping[str, str]) -> str:
+    """What launched a Dagster run, read from its tags: `sensor:<name>`, `schedule:<name>`,
+    `backfill:<id>`, `automation` (a declarative automation condition), `re-execution:<parent run
+    id>`, or `manual` (the UI's launchpad, the CLI, the headless runner, a test)."""
+    for kind, tag in TRIGGERS:
+        value = tags.get(tag)
+        if value:
+            return kind if value == "true" else f"{kind}:{value}"
+    return "manual"
+
+
+def lineage_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """The MLflow run tags naming what made it: the Dagster run, asset, job and trigger (and the
+    retraining sensors' reason, when a sensor gave one)."""
+    tags = context.run.tags
+    lineage = {
+        "dagster.run_id": context.run_id,
+        "dagster.asset": context.asset_key.to_user_string(),
+        "dagster.job": context.job_name,
+        "dagster.trigger": run_trigger(tags),
+    }
+    if tags.get(REASON_TAG):
+        lineage["dagster.trigger_reason"] = tags[REASON_TAG]
+    return lineage
+
+
+def run_name(model_name: str, window: Mapping[str, Any], dagster_run_id: str) -> str:
+    """`<model> <first>..<last training day> <run id[:8]>`: the MLflow run's name, for people."""
+    split = split_window(dict(window))
+    last = split.train_end - pd.Timedelta(days=1)
+    return f"{model_name} {split.train_start:%Y-%m-%d}..{last:%Y-%m-%d} {dagster_run_id[:8]}"
+
+
 @dg.asset(group_name="training", deps=[fraud_model], kinds={"mlflow"})
 def registered_model(
     context: dg.AssetExecutionContext, lake: LakeResource, mlflow: dg.ResourceParam[ModelRegistry]
@@ -139,9 +183,16 @@ def registered_model(
         summary["metrics"],
         tags,
         artifact_dirs={REFERENCE_DIR: reference},
+        run_name=run_name(mlflow.model_name, summary["window"], context.run_id),
+        run_tags=lineage_tags(context),
     )
-    context.log.info(f"registered {mlflow.model_name} v{version} as {registry.CHALLENGER}")
-    return dg.MaterializeResult(metadata={"model_name": mlflow.model_name, "version": version, **tags})
+    mlflow_run_id = mlflow.client().get_model_version(mlflow.model_name, version).run_id or ""
+    context.log.info(
+        f"registered {mlflow.model_name} v{version} as {registry.CHALLENGER} (MLflow run {mlflow_run_id})"
+    )
+    return dg.MaterializeResult(
+        metadata={"model_name": mlflow.model_name, "version": version, "mlflow_run_id": mlflow_run_id, **tags}
+    )
 
 
 def _incomparable(challenger: dict[str, str], champion: dict[str, str], window: SplitWindow) -> str:

@@ -76,17 +76,22 @@ def register_model(
     metrics: Mapping[str, float],
     tags: Mapping[str, str],
     artifact_dirs: Mapping[str, Path] | None = None,
+    run_name: str | None = None,
+    run_tags: Mapping[str, str] | None = None,
 ) -> str:
     """Log a run with the model as UBJ, register it, and make it the challenger.
 
     `artifact_dirs` are local directories logged beside the model under the
     given names (the monitoring reference, say), so what judges a model
-    travels with it.
+    travels with it. `run_name` names the MLflow run (MLflow makes one up
+    without it); `run_tags` are set on the run only, not on the model version:
+    what made the run (the orchestrator's run id, asset, job and trigger), as
+    plain strings, so this layer knows nothing of the orchestrator.
 
     Returns:
         The new model version.
     """
-    with mlflow.start_run(experiment_id=experiment_id) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(run_tags or {})) as run:
         mlflow.log_params(dict(params))
         mlflow.log_metrics(dict(metrics))
         mlflow.set_tags(dict(tags))

@@ -14,8 +14,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.metrics import REQUEST_SECONDS, ServingMetrics
@@ -24,6 +26,14 @@ from serving.service import NotReadyError, RequestError, ScoringService
 from settings import ServingConfig
 
 MAX_BODY_BYTES = 1 << 20
+
+DOCS_ASSETS = "/docs-assets"
+"""Where `/docs` and `/redoc` load Swagger UI's and ReDoc's files from: this process, not a CDN.
+
+The files are fastapi-offline's copies (Swagger UI 5, ReDoc 2, FastAPI's favicon: what FastAPI's
+own pages fetch from cdn.jsdelivr.net), so the pages work on a machine with no internet.
+"""
+DOCS_PACKAGE = ("fastapi_offline", "static")
 
 
 ScoreOne = Callable[[Transaction], Awaitable[Score | Exception]]
@@ -182,6 +192,9 @@ def build_api(service: ScoringService, score_one: ScoreOne | None = None) -> Fas
         title="fraudpipe scoring",
         version="1",
         description="Card-fraud probabilities from online features, champion / challenger routed.",
+        # FastAPI's own pages load their scripts from a CDN: blank offline. `add_docs` serves them.
+        docs_url=None,
+        redoc_url=None,
     )
 
     def fail(kind: str, status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -266,7 +279,42 @@ def build_api(service: ScoringService, score_one: ScoreOne | None = None) -> Fas
             )
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    add_docs(api)  # after the scoring routes: a score request is matched before it looks at these
     api.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     api.add_middleware(Admission, service=service)  # before the body is read: a refusal costs nothing
     api.add_middleware(RequestMetrics, metrics=metrics, routes=api.router.routes)
     return api
+
+
+def add_docs(api: FastAPI) -> None:
+    """`/docs` (Swagger UI) and `/redoc` over the app's OpenAPI schema, their files from `DOCS_ASSETS`.
+
+    Every URL the pages load is this app's: under the request's `root_path`, so they also work
+    where the app is mounted under a prefix (a Ray Serve `route_prefix`, a proxy's path).
+    """
+    api.mount(DOCS_ASSETS, StaticFiles(packages=[DOCS_PACKAGE]), name="docs-assets")
+    openapi_url = api.openapi_url or "/openapi.json"
+
+    @api.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{api.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            # No validator badge: it would send the schema's URL to validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None, **(api.swagger_ui_parameters or {})},
+        )
+
+    @api.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{api.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
