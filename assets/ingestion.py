@@ -13,7 +13,7 @@ import dagster as dg
 import pandas as pd
 
 from assets import validation
-from assets.partitions import HISTORY_START, daily_partitions
+from assets.partitions import daily_partitions, first_day
 from expectations.runner import Report
 from orchestration.resources import EventSourceResource, LakeResource
 
@@ -44,7 +44,8 @@ def _land_days(
     validate: Callable[[pd.DataFrame, list[str]], Report],
 ) -> dg.MaterializeResult:
     days = context.partition_keys
-    by_day = source.read_days(table, time_column, days, first_day=HISTORY_START)
+    start = first_day(context.assets_def.partitions_def)
+    by_day = source.read_days(table, time_column, days, first_day=start)
     frame = pd.concat(by_day.values(), ignore_index=True)
     report = validate(frame, days)
     publish = lake.write_partition if report.success else lake.quarantine

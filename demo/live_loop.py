@@ -151,6 +151,8 @@ class LiveLoop:
         """One simulated day: deliver, land, monitor, tick the sensors, retrain if asked."""
         clock = _Clock()
         scored = self.deliver(transactions, reports, consumer)
+        # The day just landed is a new partition: the location learns it, as `dagster dev` would on a reload.
+        self.defs = build_definitions(self.resources)
         clock.lap("deliver")
         self._execute("ingestion_job", partition_key=day)
         clock.lap("ingest")

@@ -2,8 +2,6 @@
 
 import dagster as dg
 
-from assets.partitions import daily_partitions
-
 RETRAINING_JOB = "retraining_job"
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -37,7 +35,6 @@ ingestion_job = dg.define_asset_job(
 monitoring_job = dg.define_asset_job(
     "monitoring_job",
     selection=dg.AssetSelection.groups("monitoring") - dg.AssetSelection.assets("serving_health"),
-    partitions_def=daily_partitions,
     description="Prediction log, feature and prediction drift, live data quality and outcomes of days.",
 )
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import dagster as dg
 import pandas as pd
 
-from assets.partitions import HISTORY_START
+from assets.partitions import is_partition, location_partitions
 from feature_repo.windows import LABEL_DELAY_DAYS
 from orchestration.jobs import RANGE_END, RANGE_START, ingestion_job, monitoring_job
 
 
-def monitoring_requests(run_id: str, first: str, last: str) -> list[dg.RunRequest]:
+def monitoring_requests(
+    run_id: str, first: str, last: str, partitions_def: dg.PartitionsDefinition | None = None
+) -> list[dg.RunRequest]:
     """One monitoring run per landed day, and one outcome run per earlier day whose labels may have grown.
 
     One run per day, not one over the range: each day's metadata is its own point on the UI's plots.
@@ -31,7 +33,7 @@ def monitoring_requests(run_id: str, first: str, last: str) -> list[dg.RunReques
             asset_selection=[dg.AssetKey("outcome_metrics")],
         )
         for day in (d.strftime("%Y-%m-%d") for d in earlier)
-        if day >= HISTORY_START
+        if is_partition(partitions_def, day)
     ]
     return requests
 
@@ -50,4 +52,4 @@ def monitoring_after_ingestion(context: dg.RunStatusSensorContext) -> list[dg.Ru
     last = run.tags.get(RANGE_END) or first
     if not first or not last:
         return dg.SkipReason(f"run {run.run_id} landed no partition")
-    return monitoring_requests(run.run_id, first, last)
+    return monitoring_requests(run.run_id, first, last, location_partitions(context.repository_def))

@@ -14,14 +14,16 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pyarrow.parquet as pq
 
 from expectations.timestamps import lenient_utc
+from streaming.landing import EVENT_TABLES, StreamLanding
 from streaming.landing import TABLES as LANDING_TABLES
-from streaming.landing import StreamLanding
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -99,6 +101,27 @@ def _atomic_parquet(path: Path, frame: pd.DataFrame) -> Path:
     return path
 
 
+EVENT_TIME_COLUMNS = {"transactions": "TX_DATETIME", "fraud_reports": "REPORT_DATETIME"}
+"""The event tables of the source files and the time that picks each row's day."""
+
+
+def _time_bounds(file: Path, column: str) -> pd.Series:
+    """Earliest and latest parseable time of `column` (UTC), from the file's statistics when it has them."""
+    metadata = pq.ParquetFile(file).metadata
+    index = metadata.schema.names.index(column) if column in metadata.schema.names else None
+    if index is not None and metadata.num_rows:
+        stats = [metadata.row_group(i).column(index).statistics for i in range(metadata.num_row_groups)]
+        if all(s is not None and s.has_min_max for s in stats):
+            bounds = pd.Series([b for s in stats for b in (s.min, s.max)])
+            if pd.api.types.is_datetime64_any_dtype(bounds) or isinstance(bounds.iloc[0], datetime):
+                times = lenient_utc(bounds)
+                return pd.Series([times.min(), times.max()]).dropna()
+    if index is None:
+        return pd.Series([], dtype="datetime64[ns, UTC]")
+    times = lenient_utc(pd.read_parquet(file, columns=[column])[column])
+    return pd.Series([times.min(), times.max()]).dropna()
+
+
 class EventSourceResource(dg.ConfigurableResource):
     """Where raw events come from before they are landed.
 
@@ -134,6 +157,24 @@ class EventSourceResource(dg.ConfigurableResource):
 
     def read(self, name: str) -> pd.DataFrame:
         return pd.read_parquet(self._file(name))
+
+    def data_days(self) -> tuple[str, str] | None:
+        """First and last complete UTC day of the events (files and landed days), or None without any.
+
+        Files are read through their Parquet statistics when they have them
+        (a million rows' bounds in milliseconds, at each code location load).
+        """
+        today = pd.Timestamp.now(tz="UTC").normalize()
+        days: list[str] = []
+        for name, column in EVENT_TIME_COLUMNS.items():
+            file = Path(self.path) / f"{name}.parquet"
+            if file.exists():
+                times = _time_bounds(file, column)
+                days += [t.strftime("%Y-%m-%d") for t in times[times < today]]
+        landing = self.stream()
+        if landing is not None:
+            days += [d for table in EVENT_TABLES for d in landing.days(table) if d < f"{today:%Y-%m-%d}"]
+        return (min(days), max(days)) if days else None
 
     def read_days(
         self, name: str, time_column: str, days: list[str], first_day: str

@@ -8,25 +8,45 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from assets.partitions import HISTORY_START
-from expectations.timestamps import lenient_utc
+from assets.training import ModelConfig
+from feature_repo.windows import LABEL_DELAY_DAYS
 from orchestration.definitions import build_definitions
 from orchestration.jobs import RANGE_END, RANGE_START
 
 
 def source_days(resources: Mapping[str, Any]) -> tuple[str, str]:
-    """First and last UTC day of the source data (transactions and reports together)."""
-    source = resources["source"]
-    times = pd.concat(
-        [
-            lenient_utc(source.read("transactions")["TX_DATETIME"]),
-            lenient_utc(source.read("fraud_reports")["REPORT_DATETIME"]),
-        ]
-    )
-    # Only days that are partitions: from the history's start to yesterday.
-    first = max(times.min(), pd.Timestamp(HISTORY_START, tz="UTC"))
-    last = times[times < pd.Timestamp.now(tz="UTC").normalize()].max()
-    return first.strftime("%Y-%m-%d"), last.strftime("%Y-%m-%d")
+    """First and last complete UTC day of the source data (transactions and reports together).
+
+    Raises:
+        FileNotFoundError: the source has no events.
+    """
+    days = resources["source"].data_days()
+    if days is None:
+        raise FileNotFoundError(
+            f"no events under {resources['source'].path}: generate them (make simulate) "
+            "or point FRAUDPIPE_DATA_DIR at your own (docs/own_data.md)"
+        )
+    return days
+
+
+def latest_window(first: str, last: str) -> dict[str, str]:
+    """The training config of the latest split whose test week's labels are settled by `last`.
+
+    Train a week, wait a week, test a week, and `LABEL_DELAY_DAYS` more until
+    the test week's fraud reports are in; the model selection's earliest fold
+    trains `n_folds` x (wait + test) days before that, and needs a day of data.
+
+    Raises:
+        ValueError: the data spans fewer days than that.
+    """
+    model = ModelConfig()
+    span = model.train_days + model.delay_days + model.test_days + LABEL_DELAY_DAYS
+    start = pd.Timestamp(last) - pd.Timedelta(days=span - 1)
+    needed = span + model.n_folds * (model.delay_days + model.test_days) - (model.train_days - 1)
+    have = (pd.Timestamp(last) - pd.Timestamp(first)).days + 1
+    if have < needed:
+        raise ValueError(f"the data spans {have} days ({first} to {last}); training needs at least {needed}")
+    return {"train_start": start.strftime("%Y-%m-%d")}
 
 
 def run_pipeline(

@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from assets.partitions import HISTORY_START
+from assets.partitions import is_partition, location_partitions
 from orchestration.jobs import RANGE_END, RANGE_START
 from orchestration.resources import EventSourceResource
 from streaming.landing import EVENT_TABLES, StreamLanding
@@ -136,10 +136,12 @@ def stream_landing_sensor(
     seen: dict[str, list[str | None]] = json.loads(context.cursor) if context.cursor else {}
     due: dict[str, str] = {}
     days = sorted({day for table in EVENT_TABLES for day in landing.days(table)})
+    partitions_def = location_partitions(context.repository_def)
     for day in days:
         if day >= first_incomplete:
             break
-        if day < HISTORY_START:
+        if not is_partition(partitions_def, day):
+            context.log.warning(f"landed day {day} is not a partition of the loaded code location: reload it")
             continue
         stamp = _stamp(landing, day)
         fingerprint, known_stamp = seen.get(day, (None, None))

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from assets import ingestion, stream
-from assets.partitions import HISTORY_START
 from orchestration import sensors
 from orchestration.definitions import build_definitions
 from orchestration.jobs import RANGE_END, RANGE_START
@@ -205,7 +204,7 @@ def test_stream_mode_reads_landed_days_and_flags_rows_before_history(streamed: S
     source: EventSourceResource = streamed.resources["source"]
     early = late_transaction(streamed, "2018-03-15")
     streamed.landing.land("transactions", early)
-    by_day = source.read_days("transactions", "TX_DATETIME", ["2018-04-01", "2018-04-02"], HISTORY_START)
+    by_day = source.read_days("transactions", "TX_DATETIME", ["2018-04-01", "2018-04-02"], "2018-04-01")
     pd.testing.assert_frame_equal(
         by_day["2018-04-01"], streamed.landing.read_day("transactions", "2018-04-01")
     )
@@ -214,7 +213,7 @@ def test_stream_mode_reads_landed_days_and_flags_rows_before_history(streamed: S
     )
     assert len(by_day["2018-04-02"]) == len(of_day(streamed.transactions, "TX_DATETIME", "2018-04-02")) + 1
     with pytest.raises(ValueError, match="REPORT_DATETIME"):
-        source.read_days("fraud_reports", "TX_DATETIME", ["2018-04-01"], HISTORY_START)
+        source.read_days("fraud_reports", "TX_DATETIME", ["2018-04-01"], "2018-04-01")
     assert len(source.read("customers")) == TINY.n_customers, "reference data still comes from files"
 
 
