@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import dagster as dg
 
 from assets import features, ingestion, monitoring, serving, stream, training, training_set, validation
@@ -24,7 +27,7 @@ from settings import Settings, load_settings
 ASSET_MODULES = (ingestion, stream, features, training_set, training, serving, monitoring)
 
 
-def _on_data_days(assets: list, partitions_def: dg.PartitionsDefinition) -> list:
+def _on_data_days(assets: Sequence[Any], partitions_def: dg.PartitionsDefinition) -> Sequence[Any]:
     """The assets with their declared daily partitions replaced by the data's."""
     return dg.map_asset_specs(
         lambda spec: (

@@ -41,11 +41,9 @@ def test_the_code_location_lists_the_days_of_the_data(tmp_path: Path, ten_days: 
     settings = local_settings(tmp_path)
     resources = build_resources(settings)
     resources["source"] = EventSourceResource(path=str(ten_days), stream_path="", stream_grace_minutes=0)
-    keys = (
-        build_definitions(resources)
-        .resolve_assets_def("raw_transactions")
-        .partitions_def.get_partition_keys()
-    )
+    partitions_def = build_definitions(resources).resolve_assets_def("raw_transactions").partitions_def
+    assert partitions_def is not None
+    keys = partitions_def.get_partition_keys()
     times = pd.concat(
         [
             pd.read_parquet(ten_days / "transactions.parquet")["TX_DATETIME"],
@@ -69,8 +67,9 @@ def test_times_stored_as_text_bound_the_partitions_too(tmp_path: Path, ten_days:
         frame.to_parquet(source / file.name, index=False)
     resource = EventSourceResource(path=str(source), stream_path="", stream_grace_minutes=0)
     original = EventSourceResource(path=str(ten_days), stream_path="", stream_grace_minutes=0)
-    assert resource.data_days() == original.data_days()
-    assert resource.data_days()[0] == "2019-02-01"
+    days = resource.data_days()
+    assert days == original.data_days()
+    assert days is not None and days[0] == "2019-02-01"
 
 
 def test_pipeline_command_refuses_too_short_data(
@@ -82,3 +81,20 @@ def test_pipeline_command_refuses_too_short_data(
     assert result.exit_code == 2, result.output
     assert "training needs at least 64" in result.output
     assert not (tmp_path / "data" / "lake").exists()
+
+
+def test_the_five_minute_schedule_is_off_locally_and_on_in_prod(tmp_path: Path) -> None:
+    """A run every 5 minutes is a cost a laptop should opt into; a deployment runs it unattended."""
+    from dagster import DefaultScheduleStatus
+
+    from settings import Settings
+
+    local = local_settings(tmp_path)
+    prod = Settings.model_construct(**{**dict(local), "profile": "prod"})
+    status = {}
+    for settings in (local, prod):
+        resources = build_resources(local)
+        resources["settings"] = settings
+        (schedule,) = build_definitions(resources).schedules or ()
+        status[settings.profile] = schedule.default_status
+    assert status == {"local": DefaultScheduleStatus.STOPPED, "prod": DefaultScheduleStatus.RUNNING}
