@@ -16,9 +16,9 @@ UV ?= uv
 RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo dev mlflow feast test test-integration lint typecheck format rollback \
+.PHONY: help install demo dev mlflow feast test test-fast test-integration lint typecheck format rollback \
 	simulate bench bench-training-set bench-model-quality bench-serve bench-monitoring bench-capacity prod-init clean consume produce replay push \
-	broker serve monitor-export k8s-manifests
+	broker serve monitor-export k8s-manifests pipeline
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -45,6 +45,11 @@ rollback: install $(DAGSTER_HOME)/dagster.yaml ## move `champion` back to the pr
 ARGS ?= plan
 feast: install ## Feast's CLI on the profile's feature_store.yaml, e.g. make feast ARGS=plan (or apply, ui)
 	$(RUN) python -m settings exec -- feast -c feature_repo -f $(CURDIR)/feature_repo/profiles/$(PROFILE)/feature_store.yaml $(ARGS)
+
+SOURCE ?=
+pipeline: install $(DAGSTER_HOME)/dagster.yaml ## the batch pipeline on your own data: make pipeline SOURCE=dir (docs/own_data.md)
+	@test -n "$(SOURCE)" || { echo "usage: make pipeline SOURCE=/path/to/parquet/files (docs/own_data.md)"; exit 2; }
+	$(RUN) python -m orchestration pipeline --source "$(SOURCE)"
 
 simulate: install ## generate the full default dataset (5,000 cards, 183 days) into data/source
 	$(RUN) python -m simulator generate --out data/source
@@ -98,6 +103,10 @@ test: lint typecheck ## lint, type-check, then every test (needs PostgreSQL and 
 	$(RUN) pytest -m "not daemon"; others=$$?; \
 	wait $$daemon; status=$$?; cat test-artifacts/pytest-daemon.log; \
 	exit $$(( others || status ))
+
+# `slow`: Ray Serve, the Dagster graph and UI, the bench smoke, the scenarios, crash tests (tests/conftest.py).
+test-fast: install ## the unit tests in a few minutes: no Ray Serve, Dagster runs or UI, bench, scenarios, servers
+	$(RUN) pytest -m "not slow and not integration"
 
 test-integration: install ## only the tests against real PostgreSQL / Redis
 	$(RUN) pytest -m integration

@@ -7,50 +7,51 @@ the promotion gate and a new deployment, day by day.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dagster as dg
-import pandas as pd
 import typer
-from dagster._core.errors import DagsterHomeNotSetError
 
-from demo.live_loop import Happening, Scorer, champion_version
-from demo.scenario import ScenarioPlan, initial_model_config, live, prepare_history
-from demo.scorers import HttpScorer, InProcessScorer
-from modeling.registry import ModelRegistry, recorded_deployment
-from serving.deploy import ServeApi, serve_config, start_local
-from settings import Settings, SettingsError, load_settings
-from simulator import SimulatorConfig, simulate
+from settings import Settings, load_settings_or_exit
+
+if TYPE_CHECKING:  # the command imports them: `--help` and a bad setting load no Dagster, Ray or pandas
+    from demo.live_loop import Happening, Scorer
+    from demo.scorers import HttpScorer
+    from simulator import SimulatorConfig
 
 app = typer.Typer(add_completion=False, help=__doc__)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as err:
-        typer.secho(str(err), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-
 
 LIVE_START_DAY = 70
 """Days of history before the live replay: feature warm-up, then the first champion's window."""
 LIVE_DAYS = 26
 ONSET_DAY = LIVE_START_DAY + 3
-DEMO_DATASET = SimulatorConfig(
-    n_customers=1000,
-    n_terminals=2000,
-    n_days=LIVE_START_DAY + LIVE_DAYS,
-    n_compromised_terminals_per_day=1,
-    n_compromised_customers_per_day=1,
-    drift="card_testing",
-    drift_start_day=ONSET_DAY,
-)
-"""A fifth of the handbook's population; card testing (scenario a) begins on the 4th live day."""
+
+
+@functools.cache
+def demo_dataset() -> SimulatorConfig:
+    """A fifth of the handbook's population; card testing (scenario a) begins on the 4th live day."""
+    from simulator import SimulatorConfig
+
+    return SimulatorConfig(
+        n_customers=1000,
+        n_terminals=2000,
+        n_days=LIVE_START_DAY + LIVE_DAYS,
+        n_compromised_terminals_per_day=1,
+        n_compromised_customers_per_day=1,
+        drift="card_testing",
+        drift_start_day=ONSET_DAY,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """`DEMO_DATASET` (`demo_dataset()`), built on first use: the simulator loads pandas."""
+    if name == "DEMO_DATASET":
+        return demo_dataset()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _echo_step(message: str, started: float) -> None:
@@ -80,6 +81,10 @@ def _ray_serve(settings: Settings, started: float) -> Iterator[HttpScorer]:
     """
     import ray
 
+    from demo.scorers import HttpScorer
+    from modeling.registry import ModelRegistry, recorded_deployment
+    from serving.deploy import ServeApi, serve_config, start_local
+
     _echo_step(f"starting Ray Serve on {settings.serving.url} (about a minute)", started)
     start_local(settings)
     models = ModelRegistry.from_settings(settings)
@@ -104,8 +109,18 @@ def demo(
     """The whole loop on a demo dataset: history, features, training, registry, serving, live traffic
     through the bus, a card-testing attack, drift detected, retraining, gate, swap, recovery."""
     started = time.monotonic()
-    settings = _settings()
+    settings = load_settings_or_exit()
+    import dagster as dg
+    import pandas as pd
+    from dagster._core.errors import DagsterHomeNotSetError
+
+    from demo.live_loop import champion_version
+    from demo.scenario import ScenarioPlan, initial_model_config, live, prepare_history
+    from demo.scorers import InProcessScorer
+    from simulator import simulate
+
     data_dir = settings.data
+    dataset = demo_dataset()
     try:
         instance = dg.DagsterInstance.get()
     except DagsterHomeNotSetError as err:
@@ -117,10 +132,10 @@ def demo(
     for part in ("source", "lake", "stream", "online", "mlflow", "feast"):
         shutil.rmtree(data_dir / part, ignore_errors=True)
     instance.wipe()
-    _echo_step(f"simulating {DEMO_DATASET.n_customers} cards over {DEMO_DATASET.n_days} days", started)
-    data = simulate(DEMO_DATASET, progress=True)
+    _echo_step(f"simulating {dataset.n_customers} cards over {dataset.n_days} days", started)
+    data = simulate(dataset, progress=True)
     live_start, onset = (
-        (pd.Timestamp(DEMO_DATASET.start_date) + pd.Timedelta(days=d)).strftime("%Y-%m-%d")
+        (pd.Timestamp(dataset.start_date) + pd.Timedelta(days=d)).strftime("%Y-%m-%d")
         for d in (LIVE_START_DAY, ONSET_DAY)
     )
     plan = ScenarioPlan(data, live_start, live_days, initial_model_config(live_start))
@@ -158,7 +173,7 @@ def demo(
     typer.echo(
         "\nWhere to look:\n"
         "  make dev     Dagster UI on http://127.0.0.1:3000: runs (why each retraining fired: its tags),\n"
-        "               lineage, and the monitoring assets' plots over partitions\n"
+        "               lineage, sensor ticks, the monitoring plots (docs/tour.md)\n"
         "  make mlflow  MLflow UI on http://127.0.0.1:5000 (versions, aliases, promotion reasons)\n"
         f"  Evidently    {data_dir / 'lake' / 'artifacts' / 'evidently'}/<day>/feature_drift.html"
     )
@@ -166,6 +181,8 @@ def demo(
 
 def _summary(timeline: list[Happening], onset: str) -> None:
     """What happened, from the timeline: detection delay, retrainings, swaps, outcomes before and after."""
+    import pandas as pd
+
     typer.echo("\nTimeline summary")
     drift = [h for h in timeline if h.what == "drift"]
     if drift:

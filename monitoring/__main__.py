@@ -9,10 +9,8 @@ from types import FrameType
 from typing import Annotated
 
 import typer
-from prometheus_client import CollectorRegistry, start_http_server
 
-from monitoring.exporter import MonitoringCollector
-from settings import SettingsError, load_settings
+from settings import load_settings_or_exit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -40,10 +38,12 @@ def export(
     ] = "127.0.0.1",
 ) -> None:
     """Serve the latest day of every monitoring metric as gauges until SIGTERM or Ctrl-C."""
-    try:
-        settings = load_settings()
-    except SettingsError as err:
-        raise typer.BadParameter(str(err)) from None
+    settings = load_settings_or_exit()
+    # Here, not at the top: `--help` and a bad setting need neither pandas nor Prometheus.
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from monitoring.exporter import MonitoringCollector
+
     metrics_path = metrics_path or settings.lake_root / "monitoring_metrics.parquet"
     port = settings.monitoring.exporter_port if port is None else port
     registry = CollectorRegistry()

@@ -1,4 +1,8 @@
-"""`python -m serving run | config`: Ray Serve with the deployed model versions, here or on a Ray cluster."""
+"""`python -m serving run | config`: Ray Serve with the deployed model versions, here or on a Ray cluster.
+
+Ray, MLflow and the model stack are imported by the commands that use them,
+not by this module: `--help` and a bad setting answer in a second.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +13,12 @@ import threading
 from types import FrameType
 from typing import Annotated
 
-import ray
 import typer
 
-from modeling.registry import ModelRegistry, recorded_deployment
-from serving.deploy import ServeApi, serve_config, start_local
-from settings import Settings, SettingsError, load_settings
+from settings import load_settings_or_exit
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 logger = logging.getLogger(__name__)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as err:
-        typer.secho(str(err), fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
 
 
 @app.callback()
@@ -36,7 +29,10 @@ def main() -> None:
 @app.command()
 def config() -> None:
     """Print the profile's Serve config (JSON), as `run` and the `deployment` asset apply it."""
-    settings = _settings()
+    settings = load_settings_or_exit()
+    from modeling.registry import ModelRegistry, recorded_deployment
+    from serving.deploy import serve_config
+
     registry = ModelRegistry.from_settings(settings)
     registry.activate()
     typer.echo(
@@ -59,8 +55,13 @@ def run(
     keeps serving after this command returns. A later promotion reaches
     serving through the `deployment` asset, never through this process.
     """
+    settings = load_settings_or_exit()
+    import ray
+
+    from modeling.registry import ModelRegistry, recorded_deployment
+    from serving.deploy import ServeApi, serve_config, start_local
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _settings()
     registry = ModelRegistry.from_settings(settings)
     registry.activate()
     deployment = recorded_deployment(registry.client(), registry.model_name)

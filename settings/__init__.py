@@ -2,7 +2,8 @@
 
 `load_settings()` reads `FRAUDPIPE_*` variables (and `.env` at the project's
 root, if present) into a `Settings`; every process calls it once at its entry
-point and passes what it needs down. Nothing else reads the environment, and
+point (a command: `load_settings_or_exit()`, which ends it with the message and
+exit status 2) and passes what it needs down. Nothing else reads the environment, and
 this package imports no framework, so a Ray Serve replica or a stream
 consumer loads only what it runs.
 """
@@ -14,6 +15,7 @@ from settings.base import (
     Settings,
     SettingsError,
     load_settings,
+    load_settings_or_exit,
 )
 from settings.monitoring import MonitoringSettings
 from settings.promotion import PromotionSettings
@@ -35,4 +37,5 @@ __all__ = [
     "SettingsError",
     "StreamSettings",
     "load_settings",
+    "load_settings_or_exit",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -188,3 +189,20 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         raise SettingsError(_describe(error)) from None
+
+
+def load_settings_or_exit(**overrides: object) -> Settings:
+    """`load_settings()` for a command's entry point: a bad or missing setting ends the process.
+
+    The message (which variables, and what to do) goes to stderr, red on a terminal, and the
+    process exits with status 2, no traceback. Plain `print` and `SystemExit`: this layer imports
+    no command-line framework, and any command (typer's, argparse's, none) may call it.
+    """
+    try:
+        return load_settings(**overrides)
+    except SettingsError as err:
+        message = str(err)
+        if sys.stderr.isatty():
+            message = f"\033[31m{message}\033[0m"
+        print(message, file=sys.stderr)
+        raise SystemExit(2) from None

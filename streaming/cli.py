@@ -18,17 +18,17 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from feature_repo.windows import FEATURE_GROUPS
-from settings import SettingsError, load_settings
-from streaming.bus_kafka import mock_kafka_cluster
-from streaming.config import LocalBrokerMissingError, StreamConfig
-from streaming.consumer import EVENT_KINDS, LANDED_KINDS, ConsumerSettings, StreamConsumer, TimeWindow, Totals
-from streaming.http_push import create_app, serve
-from streaming.traffic import in_window, send_events
+from settings import Settings, load_settings_or_exit
+
+if TYPE_CHECKING:  # the commands import them: `--help` and a bad setting need no Kafka, pandas or FastAPI
+    from streaming.bus import EventBus
+    from streaming.config import StreamConfig
+    from streaming.consumer import ConsumerSettings, Totals
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("streaming")
@@ -42,31 +42,69 @@ Predictions = Annotated[
 ]
 REPLAY_LOOKBACK = timedelta(days=max(group.horizon_days for group in FEATURE_GROUPS))
 """How far before a replay's first day the online features need events."""
+START_A_BROKER = "start one with `make broker` or `make consume`"
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """End the command with `message` on stderr (red on a terminal), no traceback."""
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _settings_and_stream(**changes: Any) -> tuple[Settings, StreamConfig]:
+    """The settings and the profile's stream configuration; a bad setting ends the command, saying why."""
+    from streaming.config import StreamConfig
+
+    settings = load_settings_or_exit()
+    return settings, StreamConfig.from_settings(settings, **changes)
 
 
 def stream_config(**changes: Any) -> StreamConfig:
     """The profile's stream configuration; a bad setting ends the command with its message."""
-    try:
-        return StreamConfig.from_settings(load_settings(), **changes)
-    except SettingsError as err:
-        raise typer.BadParameter(str(err)) from None
+    return _settings_and_stream(**changes)[1]
 
 
-def _broker_alive(stream: StreamConfig) -> bool:
-    try:
-        stream.local_broker_address()
-    except LocalBrokerMissingError:
-        return False
+def _local_broker_down(stream: StreamConfig) -> str | None:
+    """Why the local profile's broker is not running (None: it runs, or the bus is not the local one)."""
     file = stream.local_broker_file
-    assert file is not None
-    pid = int(json.loads(file.read_text())["pid"])
+    if file is None:
+        return None
+    try:
+        pid = int(json.loads(file.read_text())["pid"])
+    except FileNotFoundError:
+        return f"{file} is missing"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{file} is unreadable"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return f"{file} names process {pid}, which has exited"
     except PermissionError:  # alive, another user's
-        return True
-    return True
+        return None
+    return None
+
+
+def _broker_alive(stream: StreamConfig) -> bool:
+    return stream.local_broker_file is not None and _local_broker_down(stream) is None
+
+
+def _bus(stream: StreamConfig) -> EventBus:
+    """The bus of a command that does not host the local broker: where that broker is not running,
+    the command ends in one line saying so (librdkafka would retry a dead address for 15 s, then raise)."""
+    down = _local_broker_down(stream)
+    if down is not None:
+        _fail(f"no local Kafka broker is running ({down}): {START_A_BROKER}")
+    return stream.bus()
+
+
+def _bus_with_topics(stream: StreamConfig) -> EventBus:
+    """`_bus`, its topics created: the first contact, where a bus that does not answer ends the command."""
+    bus = _bus(stream)
+    try:
+        bus.ensure_topics(stream.topics().names())
+    except Exception as err:  # Kafka's or Redis's own error; its text names the server, never the URL
+        _fail(f"the bus does not answer ({type(err).__name__}: {err}): is it running? (FRAUDPIPE_BUS_URL)")
+    return bus
 
 
 @contextmanager
@@ -75,6 +113,8 @@ def _local_broker(stream: StreamConfig) -> Iterator[None]:
     if stream.local_broker_file is None or _broker_alive(stream):
         yield
         return
+    from streaming.bus_kafka import mock_kafka_cluster
+
     with mock_kafka_cluster() as servers:
         stream.publish_local_broker(servers)
         log.info("hosting the local Kafka broker at %s (its data lives as long as this process)", servers)
@@ -117,16 +157,17 @@ def _progress_logger(every_s: float = 5.0) -> Callable[[str, Totals], None]:
 
 def _run(
     stream: StreamConfig,
+    bus: EventBus,
     settings: ConsumerSettings,
     idle_exit: float | None,
     clear: bool,
     predictions: bool,
 ) -> None:
+    from streaming.consumer import EVENT_KINDS, LANDED_KINDS, StreamConsumer
+
     online = stream.online()
     kinds = LANDED_KINDS if predictions else EVENT_KINDS
-    with StreamConsumer(
-        stream.bus(), stream.topics(), stream.landing(), online, settings, kinds=kinds
-    ) as consumer:
+    with StreamConsumer(bus, stream.topics(), stream.landing(), online, settings, kinds=kinds) as consumer:
         if clear:  # only now that the bus answered: a failed start must not leave the store empty
             online.clear()
         if stream.metrics_port:
@@ -149,10 +190,12 @@ def consume(
     predictions: Predictions = True,
 ) -> None:
     """Land events and serving's predictions from the bus, keep the online features fresh, until stopped."""
+    from streaming.consumer import ConsumerSettings
+
     stream = stream_config()
     settings = ConsumerSettings(group=stream.group, name=name, batch_size=stream.batch_size)
     with _local_broker(stream):
-        _run(stream, settings, idle_exit, clear=False, predictions=predictions)
+        _run(stream, stream.bus(), settings, idle_exit, clear=False, predictions=predictions)
 
 
 def _day(text: str) -> datetime:
@@ -187,7 +230,10 @@ def replay(
     first, last = _day(start), _day(end)
     if last < first:
         raise typer.BadParameter(f"--to {end} is before --from {start}")
+    from streaming.consumer import ConsumerSettings, TimeWindow
+
     stream = stream_config()
+    bus = _bus(stream)
     settings = ConsumerSettings(
         group=f"{stream.group}-replay-{uuid.uuid4().hex[:8]}",
         name=f"replay-{start}-{end}",
@@ -198,6 +244,7 @@ def replay(
     )
     _run(
         replace(stream, metrics_port=0),
+        bus,
         settings,
         idle_exit,
         clear=rebuild_online,
@@ -216,16 +263,16 @@ def produce(
     rate: float = typer.Option(0.0, help="Events per second; 0 sends as fast as the bus takes them."),
 ) -> None:
     """Send simulated transactions and fraud reports to the bus, in event-time order."""
-    from simulator import read_dataset
-
-    stream = stream_config()
-    data = read_dataset(source or load_settings().source_path)
     first = _day(start) if start else None
     after = _day(end) + timedelta(days=1) if end else None
+    settings, stream = _settings_and_stream()
+    bus = _bus_with_topics(stream)  # before reading the data: a missing bus says so at once
+    from simulator import read_dataset
+    from streaming.traffic import in_window, send_events
+
+    data = read_dataset(source or settings.source_path)
     transactions = in_window(data.events(), "TX_DATETIME", first, after)
     reports = in_window(data.fraud_reports, "REPORT_DATETIME", first, after)
-    bus = stream.bus()
-    bus.ensure_topics(stream.topics().names())
     sent = send_events(bus.producer(), stream.topics(), transactions, reports, rate=rate, progress=True)
     typer.echo(f"sent {sent} events ({len(transactions)} transactions, {len(reports)} fraud reports)")
 
@@ -235,11 +282,11 @@ def push(
     host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback unless exposed on purpose."),
 ) -> None:
     """Serve the HTTP push endpoint (port: FRAUDPIPE_STREAM__PUSH_PORT): apps POST events to the bus."""
-    stream = stream_config()
-    port = load_settings().stream.push_port
-    bus = stream.bus()
-    bus.ensure_topics(stream.topics().names())
-    serve(create_app(bus, stream.topics()), host=host, port=port)
+    settings, stream = _settings_and_stream()
+    bus = _bus_with_topics(stream)
+    from streaming.http_push import create_app, serve
+
+    serve(create_app(bus, stream.topics()), host=host, port=settings.stream.push_port)
 
 
 @app.command()

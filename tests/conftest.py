@@ -28,6 +28,56 @@ from tests.ray_cluster import LocalRayCluster, free_port
 if TYPE_CHECKING:
     from streaming.config import StreamConfig
 
+SLOW_MODULES = frozenset(
+    {
+        "test_bench_smoke",  # the benchmarks' own code paths, Ray Serve included
+        "test_dagster_ui",  # a browser on the Dagster UI
+        "test_feast_cli",  # Feast's CLI in a process of its own
+        "test_layers",  # import-linter over copies of the packages
+        "test_monitoring_scenarios",  # drift scenarios through the whole loop
+        "test_pipeline",  # the Dagster graph, materialised and validated
+        "test_ray_feast",
+        "test_ray_serve_cluster",
+        "test_serving_metrics",
+        "test_serving_ray",
+        "test_stream_crash",  # a consumer SIGKILLed five times (a minute)
+    }
+)
+"""Test modules `make test-fast` leaves out whole (their tests get the `slow` marker)."""
+SLOW_TESTS = frozenset(
+    {
+        "test_a_sink_slowed_tenfold_bounds_memory_and_loses_nothing",  # test_stream_consumer, ~30 s
+        "test_kafka_consumer_killed_before_commit_loses_nothing",  # test_bus, waits out a session timeout
+        "test_the_consume_command_lands_predictions_unless_told_not_to",  # test_stream_predictions, ~10 s
+        "test_metrics_and_status_report_progress",  # test_stream_consumer, waits out status intervals
+        "test_bad_rows_stop_the_pipeline",  # test_validation, a Dagster run
+    }
+)
+"""Single tests (by function name) `make test-fast` leaves out."""
+SLOW_FIXTURES = frozenset({"pipeline_run", "served_data", "ray_cluster"})
+"""A test that uses one of these (the whole Dagster graph once a session, a Ray cluster) is `slow` too."""
+SLOW_MARKERS = ("e2e", "scenario", "daemon")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` what `make test-fast` (`-m "not slow and not integration"`) leaves out: the
+    modules of `SLOW_MODULES`, the tests of `SLOW_TESTS`, the users of `SLOW_FIXTURES`, and the
+    e2e, scenario and daemon tests; `make test` still runs them all.
+
+    A new test that needs more than a few seconds belongs in one of these lists, or gets
+    `@pytest.mark.slow` itself.
+    """
+    for item in items:
+        module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+        if (
+            module in SLOW_MODULES
+            or getattr(item, "originalname", item.name) in SLOW_TESTS
+            or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            or any(item.get_closest_marker(name) for name in SLOW_MARKERS)
+        ):
+            item.add_marker(pytest.mark.slow)
+
+
 SMALL = SimulatorConfig(
     n_customers=300,
     n_terminals=600,
