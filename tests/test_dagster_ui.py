@@ -29,6 +29,8 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from demo.scenario import ScenarioPlan, initial_model_config, live, prepare_history
 from demo.scorers import InProcessScorer
+from orchestration.definitions import CODE_LOCATION
+from orchestration.retraining import RETRAINING_SENSORS
 from settings import ServingConfig
 from simulator import SimulatorConfig, simulate
 from tests.conftest import local_settings, needs_tool
@@ -277,3 +279,59 @@ def test_the_latest_partitions_the_plots_ask_for_are_the_data_days(dagster_ui: D
         " partitionKeyConnection(limit: 5, ascending: false) { results } } } }",
     )
     assert node["partitionKeyConnection"]["results"][0] == dagster_ui.data_days[-1]
+
+
+@pytest.mark.e2e
+@needs_tool(CHROMIUM.exists(), f"Debian's chromium at {CHROMIUM}")
+def test_sensor_ticks_of_the_demo_say_why_they_skipped_or_what_they_launched(
+    dagster_ui: DemoState, record_property: Callable[[str, object], None]
+) -> None:
+    """The demo ticks the retraining sensors itself, one tick per simulated day; the UI lists those
+    ticks under each sensor, as it lists the daemon's."""
+    ticks: dict[str, list[dict[str, Any]]] = {}
+    for sensor in RETRAINING_SENSORS:
+        answer = httpx.post(
+            f"{dagster_ui.url}/graphql",
+            json={
+                "query": "query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor {"
+                " sensorState { ticks(limit: 50) { status skipReason runIds } } } } }",
+                "variables": {
+                    "s": {
+                        "repositoryLocationName": CODE_LOCATION,
+                        "repositoryName": "__repository__",
+                        "sensorName": sensor.name,
+                    }
+                },
+            },
+            timeout=60,
+        ).json()
+        assert "errors" not in answer, answer
+        ticks[sensor.name] = answer["data"]["sensorOrError"]["sensorState"]["ticks"]
+    # The daemon of `dagster dev` ticks the sensors too once it starts: the demo's ticks are the others.
+    ticks = {
+        name: [t for t in sensor_ticks if t["runIds"] or (t["skipReason"] or "").startswith("simulated day")]
+        for name, sensor_ticks in ticks.items()
+    }
+    assert {name: len(t) for name, t in ticks.items()} == {s.name: LIVE_DAYS for s in RETRAINING_SENSORS}
+    all_ticks = [tick for t in ticks.values() for tick in t]
+    skipped = [tick for tick in all_ticks if tick["status"] == "SKIPPED"]
+    launched = [tick for tick in all_ticks if tick["status"] == "SUCCESS"]
+    assert all(tick["skipReason"] for tick in skipped), skipped
+    assert launched, "card testing from the third live day: some sensor launched a retraining"
+    runs = httpx.post(
+        f"{dagster_ui.url}/graphql",
+        json={"query": "{ runsOrError { ... on Runs { results { runId tags { key value } } } } }"},
+        timeout=60,
+    ).json()["data"]["runsOrError"]["results"]
+    sensor_of = {
+        run["runId"]: {t["key"]: t["value"] for t in run["tags"]}.get("dagster/sensor_name") for run in runs
+    }
+    for name, sensor_ticks in ticks.items():
+        for tick in sensor_ticks:
+            assert all(sensor_of.get(run_id) == name for run_id in tick["runIds"]), (name, tick)
+    with _page() as page:
+        page.goto(f"{dagster_ui.url}/locations/{CODE_LOCATION}/sensors/drift_sensor")
+        try:
+            page.get_by_text("1 run requested").first.wait_for(timeout=RENDER_TIMEOUT_MS)
+        finally:
+            _screenshot(page, "sensor_ticks", record_property)
