@@ -33,7 +33,8 @@ from dagster._core.scheduler.instigation import InstigatorType, TickData, TickSt
 
 from feature_repo.windows import LABEL_DELAY_DAYS
 from modeling import registry
-from orchestration.definitions import CODE_LOCATION, build_definitions
+from orchestration import CODE_LOCATION
+from orchestration.definitions import build_definitions
 from orchestration.retraining import RETRAINING_SENSORS, TRIGGER_TAG
 from streaming.bus_kafka import mock_kafka_cluster
 from streaming.config import StreamConfig

@@ -22,10 +22,10 @@ from infra import rayservice
 from infra.cluster import PROFILE, PROJECT_ROOT, ClusterSettings, container_security, pod_security
 from infra.rayservice import driver_env
 from infra.stores import POSTGRES_NAME, POSTGRES_PORT
+from orchestration import CODE_LOCATION
 
 INSTANCE = PROJECT_ROOT / "orchestration" / "instance" / "prod" / "dagster.yaml"
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
-CODE_LOCATION = "fraudpipe"
 GRPC_PORT = 3030
 APP_UID = 1000  # the user of infra/docker/code-location.Dockerfile
 

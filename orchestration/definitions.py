@@ -24,10 +24,6 @@ from orchestration.retraining import RETRAINING_SENSORS
 from orchestration.sensors import stream_landing_sensor
 from settings import Settings, load_settings
 
-CODE_LOCATION = "fraudpipe"
-"""The code location's name, as workspace.yaml (`dagster dev`) and pyproject's [tool.dg.project]
-(`dg dev`) declare it: where the UI files this location's runs and sensor ticks."""
-
 ASSET_MODULES = (ingestion, stream, features, training_set, training, serving, monitoring)
 
 

@@ -29,7 +29,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from demo.scenario import ScenarioPlan, initial_model_config, live, prepare_history
 from demo.scorers import InProcessScorer
-from orchestration.definitions import CODE_LOCATION
+from orchestration import CODE_LOCATION
 from orchestration.retraining import RETRAINING_SENSORS
 from settings import ServingConfig
 from simulator import SimulatorConfig, simulate

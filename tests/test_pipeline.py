@@ -243,3 +243,18 @@ def test_promotion_gate_and_rollback(
     again = rollback()
     assert again.exit_code == 0, again.output
     assert champion() == "2" and deployed() == registry.Deployment("2", "3")
+
+
+def test_every_launcher_names_the_code_location_alike() -> None:
+    """The demo files its sensor ticks under CODE_LOCATION: `dagster dev` and `dg dev` must load it so."""
+    import tomllib
+
+    import yaml
+
+    from orchestration import CODE_LOCATION
+
+    workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
+    (entry,) = workspace["load_from"]
+    assert entry["python_module"]["location_name"] == CODE_LOCATION
+    dg_project = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["dg"]["project"]
+    assert dg_project["code_location_name"] == CODE_LOCATION
