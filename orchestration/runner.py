@@ -33,8 +33,9 @@ def latest_window(first: str, last: str) -> dict[str, str]:
     """The training config of the latest split whose test week's labels are settled by `last`.
 
     Train a week, wait a week, test a week, and `LABEL_DELAY_DAYS` more until
-    the test week's fraud reports are in; the model selection's earliest fold
-    trains `n_folds` x (wait + test) days before that, and needs a day of data.
+    the test week's fraud reports are in; the model selection's folds come
+    before that (`modeling.split.prequential_folds`), and the oldest one's
+    training week must be in the data too.
 
     Raises:
         ValueError: the data spans fewer days than that.
@@ -42,7 +43,8 @@ def latest_window(first: str, last: str) -> dict[str, str]:
     model = ModelConfig()
     span = model.train_days + model.delay_days + model.test_days + LABEL_DELAY_DAYS
     start = pd.Timestamp(last) - pd.Timedelta(days=span - 1)
-    needed = span + model.n_folds * (model.delay_days + model.test_days) - (model.train_days - 1)
+    folds = model.delay_days + model.test_days + model.test_days * (model.n_folds - 1)
+    needed = span + folds
     have = (pd.Timestamp(last) - pd.Timestamp(first)).days + 1
     if have < needed:
         raise ValueError(f"the data spans {have} days ({first} to {last}); training needs at least {needed}")

@@ -79,7 +79,7 @@ def test_pipeline_command_refuses_too_short_data(
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     result = CliRunner().invoke(app, ["pipeline", "--source", str(ten_days)])
     assert result.exit_code == 2, result.output
-    assert "training needs at least 64" in result.output
+    assert "training needs at least 56" in result.output
     assert not (tmp_path / "data" / "lake").exists()
 
 

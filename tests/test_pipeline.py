@@ -258,3 +258,27 @@ def test_every_launcher_names_the_code_location_alike() -> None:
     assert entry["python_module"]["location_name"] == CODE_LOCATION
     dg_project = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["dg"]["project"]
     assert dg_project["code_location_name"] == CODE_LOCATION
+
+
+def test_pipeline_command_runs_the_batch_pipeline_on_a_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make pipeline SOURCE=dir` on data that is not the demo's: other dates, another seed."""
+    from simulator import SimulatorConfig, simulate
+
+    source = tmp_path / "mine"
+    config = SimulatorConfig(n_customers=300, n_terminals=600, n_days=60, start_date="2021-03-01", seed=7)
+    write_dataset(simulate(config), source)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "orchestration/instance/local/dagster.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("FRAUDPIPE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FRAUDPIPE_SERVING__RAY_DASHBOARD_PORT", str(_free_port()))
+    result = CliRunner().invoke(app, ["pipeline", "--source", str(source)])
+    assert result.exit_code == 0, result.output
+    assert "from 2021-03-01 to 2021-05-06; training from 2021-04-09" in result.output
+    assert "training_job: run" in result.output and "succeeded" in result.output
+    models = registry.ModelRegistry.from_settings(local_settings(tmp_path / "data"))
+    models.activate()
+    assert registry.alias_version(models.client(), models.model_name, registry.CHAMPION) == "1"
