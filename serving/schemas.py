@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from feature_repo.contract import MAX_AMOUNT, MAX_ID
+from streaming.contract import Amount, Identifier, Timestamp
 
 Route = Literal["champion", "challenger"]
-
-_ID = Field(ge=0, le=MAX_ID)
 
 
 class Transaction(BaseModel):
@@ -18,15 +16,22 @@ class Transaction(BaseModel):
 
     `timestamp` is when the payment happened: features are read as of that
     instant, so a replayed or delayed request scores exactly as it would have live.
+
+    Every field is checked by the event contract's own code (`streaming.contract`),
+    the rules the bus and the push endpoint apply: ids are JSON integers (not
+    `true`, `"42"` or `42.0`), the amount a finite JSON number in [0, 10,000,000),
+    `-0.0` refused, the timestamp ISO 8601 text with an offset, from 1970 to five
+    minutes past the server's clock. A refusal names the field (and, in a batch,
+    its index) in the 422's `loc`.
     """
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid")
 
-    transaction_id: int = _ID
-    customer_id: int = _ID
-    terminal_id: int = _ID
-    amount: float = Field(ge=0.0, lt=MAX_AMOUNT)
-    timestamp: AwareDatetime
+    transaction_id: Identifier
+    customer_id: Identifier
+    terminal_id: Identifier
+    amount: Amount
+    timestamp: Timestamp
 
 
 class BatchRequest(BaseModel):

@@ -60,12 +60,20 @@ class Message:
     `position` is where the backend holds it ("partition:offset" in Kafka, the
     entry id in Redis): opaque to callers, it goes into logs and dead letters
     so a bad event can be found again, and it is what `commit` acknowledges.
+
+    `problem` says why the backend could not make an event of what it holds
+    there (a poison entry: a Redis entry without its `v` field, a Kafka record
+    with no value or one the client could not read); `value` is then a rendering
+    of what was there, for the dead letter. A consumer must dead-letter such a
+    message and commit it like any other, never stop on it: otherwise it would
+    meet it again after every restart, and its topic would stop for good.
     """
 
     topic: str
     key: bytes | None
     value: bytes
     position: str
+    problem: str | None = None
 
 
 class Producer(Protocol):

@@ -65,6 +65,46 @@ class KafkaProducer:
             )
 
 
+POISON_ERRORS = frozenset(
+    {
+        KafkaError._BAD_MSG,
+        KafkaError._BAD_COMPRESSION,
+        KafkaError._KEY_DESERIALIZATION,
+        KafkaError._VALUE_DESERIALIZATION,
+    }
+)
+"""Errors of one record the client could not read (corrupt, undecompressable): at a known offset, the
+record is poison, dead-lettered and committed past; raising would meet it again after every restart."""
+
+
+def read_record(record: confluent_kafka.Message) -> Message | KafkaError | None:
+    """One polled record as a `Message` (a poison one when it holds no readable event), an error to
+    raise, or None for end-of-partition notices.
+
+    Poison: a record with no value (null: a tombstone, which no event producer writes), a value or
+    key that is not bytes, or one of `POISON_ERRORS` at a known offset. Its `problem` says which.
+    Any other value, binary garbage included, goes to the decoder, which refuses it with its reason.
+    """
+    error = record.error()
+    if error is not None and error.code() == KafkaError._PARTITION_EOF:
+        return None
+    topic, partition, offset = record.topic(), record.partition(), record.offset()
+    key, value = record.key(), record.value()
+    if error is not None:
+        at_a_record = bool(topic) and partition is not None and offset is not None and offset >= 0
+        if error.code() not in POISON_ERRORS or not at_a_record:
+            return error
+        problem = f"poison Kafka record: the client could not read it ({error.str()})"
+    elif value is None:
+        problem = "poison Kafka record: no value (null)"
+    elif type(value) is not bytes or (key is not None and type(key) is not bytes):
+        problem = "poison Kafka record: its key and value must be bytes"
+    else:
+        return Message(topic or "", key, value, f"{partition}:{offset}")
+    raw = value if type(value) is bytes else b"" if value is None else repr(value).encode()
+    return Message(topic or "", key if type(key) is bytes else None, raw, f"{partition}:{offset}", problem)
+
+
 class KafkaConsumer:
     """A group member that only ever commits explicitly, and synchronously."""
 
@@ -84,20 +124,13 @@ class KafkaConsumer:
             records = [first, *self._consumer.consume(num_messages=max_messages - 1, timeout=0)]
         messages = []
         for record in records:
-            error = record.error()
-            if error is None:
-                messages.append(
-                    Message(
-                        topic=record.topic() or "",
-                        key=record.key(),
-                        value=record.value() or b"",
-                        position=f"{record.partition()}:{record.offset()}",
-                    )
-                )
-            elif error.code() != KafkaError._PARTITION_EOF:
+            read = read_record(record)
+            if isinstance(read, Message):
+                messages.append(read)
+            elif read is not None:
                 # Raised on the next poll, not now: raising here would drop this batch's good
                 # messages although the consumer's position has already moved past them.
-                self._deferred_error = error
+                self._deferred_error = read
         if not messages:
             self._raise_deferred()
         return messages

@@ -4,14 +4,22 @@ A stream entry read through a consumer group stays in that consumer's pending
 list until XACK, which gives the same at-least-once contract as Kafka's
 committed offsets: a restarted consumer re-reads its own pending entries first,
 and entries of a consumer that never comes back are claimed by a live one.
+
+An entry holds the event in its `v` field and its key in `k`. An entry of any
+other shape (no `v`, other fields), written by something other than this
+bus's producer, is delivered as a poison message (`Message.problem`), which the
+consumer dead-letters with its entry id and acknowledges like any other.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterable, Sequence
 
 import redis
 
+from feature_repo.contract import MAX_FIELD_CHARS
 from streaming.bus import DeliveryError, Message
 
 VALUE = b"v"
@@ -148,13 +156,58 @@ class RedisStreamConsumer:
             if not fields:
                 trimmed.append(entry_id)
                 continue
-            message = Message(self._topic, fields.get(KEY), fields[VALUE], entry_id.decode())
+            position = entry_id.decode()
+            problem = _poison(fields)
+            if problem is None:
+                message = Message(self._topic, fields.get(KEY), fields[VALUE], position)
+            else:
+                key = fields.get(KEY)
+                message = Message(
+                    self._topic, key if type(key) is bytes else None, _rendered(fields), position, problem
+                )
             self._in_flight.add(message.position)
             messages.append(message)
         if trimmed:
             # MAXLEN trimmed these while pending: nothing is left to redeliver, so stop tracking them.
             self._client.xack(self._stream, self._group, *trimmed)
         return messages
+
+
+def _poison(fields: dict[bytes, bytes]) -> str | None:
+    """Why an entry is not one this bus wrote (`v`, and `k` when keyed: bytes), or None when it is.
+
+    Anything else (written by hand or by another tool) is a poison entry: it
+    becomes a message with this reason, which the consumer dead-letters and
+    commits, rather than an exception that would stop the topic on every restart.
+    """
+    if not all(type(name) is bytes and type(value) is bytes for name, value in fields.items()):
+        return "poison Redis entry: its field names and values must be bytes"
+    if VALUE not in fields:
+        return f"poison Redis entry: no 'v' field (it has {_names(fields)})"
+    if len(fields) > 1 and (len(fields) > 2 or KEY not in fields):
+        return f"poison Redis entry: fields other than 'v' and 'k' ({_names(fields)})"
+    return None
+
+
+def _names(fields: dict[bytes, bytes]) -> str:
+    shown = [repr(name.decode("utf-8", "backslashreplace")[:MAX_FIELD_CHARS]) for name in list(fields)[:5]]
+    return ", ".join(shown) + (f" and {len(fields) - 5} more" if len(fields) > 5 else "")
+
+
+def _rendered(fields: dict[bytes, bytes]) -> bytes:
+    """A poison entry for its dead letter: JSON pairs [name, value], text when UTF-8, else {"base64": ...}."""
+
+    def part(raw: object) -> object:
+        if type(raw) is not bytes:
+            return repr(raw)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(raw).decode("ascii")}
+
+    return json.dumps(
+        [[part(name), part(value)] for name, value in fields.items()], ensure_ascii=False
+    ).encode()
 
 
 class RedisStreamBus:

@@ -11,7 +11,10 @@ process killed at any instant loses nothing and duplicates nothing:
    is committed, so a slow sink slows the consumer down instead of filling
    memory (Kafka's client prefetches ahead, within its own cap);
 2. decode each one; a refused event becomes a dead letter (reason, topic,
-   position) sent to the dead-letter topic and flushed before anything else;
+   position) sent to the dead-letter topic and flushed before anything else,
+   and so does a poison message, which the bus could not even make an event
+   of (`Message.problem`): it is committed with the batch, so no malformed
+   entry ever stops a topic, then or after a restart;
 3. land the good events in the lake's stream area, durably (fsync), skipping ids
    already landed: a redelivered event never lands twice;
 4. apply them to the online event buffers, idempotent by transaction id
@@ -36,6 +39,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from feature_repo.contract import MAX_EVENT_BYTES
 from settings import StreamSettings
 from streaming.bus import CommitLostError, Consumer, EventBus, Producer, Topics
 from streaming.events import (
@@ -220,7 +224,11 @@ class TopicConsumer:
         now = self.clock()
         good = []
         for message in messages:
-            decoded = self.kind.decode(message.value, now, self.settings.max_future)
+            decoded = (
+                self.kind.decode(message.value, now, self.settings.max_future)
+                if message.problem is None
+                else Rejection(message.problem, message.value[:MAX_EVENT_BYTES])
+            )
             if isinstance(decoded, Rejection):
                 if self.settings.live:
                     record = dead_letter(decoded, message.topic, message.position, self.settings.name, now)

@@ -15,10 +15,16 @@ Decisions a producer should know:
   producer add a field before every consumer is redeployed, and nothing beyond
   the required fields is landed, so an extra field (a label, say) cannot reach
   the features. The size limit bounds what extras cost.
-* Numbers must be JSON numbers: ``"12"`` is not an id and ``"12.50"`` is not an
-  amount. Ids must be JSON integers: ``12.0`` is refused, because an id that
-  went through a float has lost its digits above 2**53 and would silently
-  name another transaction. ``true`` and ``false`` are not numbers.
+* The field rules (ids, amount, timestamps and their limits) are
+  :mod:`streaming.contract`'s, the very code the scoring API's request schema
+  runs, so an event the bus or push refuses is refused by scoring too, and
+  for the same reason. In short: numbers must be JSON numbers: ``"12"`` is
+  not an id and ``"12.50"`` is not an amount. Ids must be JSON integers:
+  ``12.0`` is refused, because an id that went through a float has lost its
+  digits above 2**53 and would silently name another transaction. ``true``
+  and ``false`` are not numbers. ``-0.0`` is a negative amount. Timestamps
+  are ISO 8601 text with an offset, from 1970 to ``max_future`` past the
+  consumer's clock, never past pandas' ``datetime64[ns]``.
 * ``NaN`` and ``Infinity`` (which Python's ``json`` reads by default) and
   overflowing literals such as ``1e999`` parse to non-finite floats and are
   refused by the field they sit in, with that field's name in the reason.
@@ -32,7 +38,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,16 +46,12 @@ from typing import TypeVar
 
 import pandas as pd
 
-from feature_repo.contract import (
-    MAX_AMOUNT,
-    MAX_EVENT_BYTES,
-    MAX_FIELD_CHARS,
-    MAX_ID,
-)
+from feature_repo.contract import MAX_EVENT_BYTES, MAX_FIELD_CHARS
+from streaming import contract
 
-MAX_FUTURE = timedelta(minutes=5)
+MAX_FUTURE = contract.MAX_FUTURE
 """Default clock skew allowed between producer and consumer."""
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+EARLIEST = contract.EARLIEST
 TIMESTAMP_DTYPE = "datetime64[ns, UTC]"
 
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
@@ -87,10 +88,6 @@ class Rejection:
 
 class _EventError(Exception):
     """Carries a rejection reason out of the nested checks; only the decoders (here, predictions) see it."""
-
-
-class _RuleError(Exception):
-    """A value breaks a field rule; the field's name is added by :func:`_field`."""
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -135,50 +132,15 @@ def _field(obj: dict[str, object], name: str, rule: Callable[[object], T]) -> T:
         raise _EventError(f"{name}: at most {MAX_FIELD_CHARS} characters")
     try:
         return rule(value)
-    except _RuleError as exc:
+    except contract.RuleError as exc:
         raise _EventError(f"{name}: {exc}") from None
 
 
-def _identifier(value: object) -> int:
-    # type() rather than isinstance(): bool is a subclass of int, and true is no id.
-    if type(value) is not int or value < 0:
-        raise _RuleError("must be a non-negative integer")
-    if value > MAX_ID:
-        raise _RuleError("must fit in a signed 64-bit integer")
-    return value
-
-
-def _amount(value: object) -> float:
-    if type(value) is int or (type(value) is float and math.isfinite(value)):
-        number = value
-    else:
-        raise _RuleError("must be a finite number")
-    if number < 0:
-        raise _RuleError("must not be negative")
-    if number >= MAX_AMOUNT:
-        raise _RuleError(f"must be less than {MAX_AMOUNT:.0f}")
-    return float(number)
-
-
-def _timestamp(value: object) -> datetime:
-    if type(value) is not str:
-        raise _RuleError("must be an ISO 8601 timestamp")
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise _RuleError("must be an ISO 8601 timestamp") from None
-    if moment.utcoffset() is None:
-        raise _RuleError("timestamp must carry a timezone")
-    # Compared before converting: far-off years with an offset overflow astimezone().
-    if moment < EARLIEST:
-        raise _RuleError("must not be before 1970")
-    return moment
-
-
 def _not_future(name: str, moment: datetime, now: datetime, max_future: timedelta) -> datetime:
-    if moment - now > max_future:
-        raise _EventError(f"{name}: must not be more than {max_future.total_seconds():g} s in the future")
-    return moment.astimezone(UTC)
+    try:
+        return contract.not_future(moment, now, max_future).astimezone(UTC)
+    except contract.RuleError as exc:
+        raise _EventError(f"{name}: {exc}") from None
 
 
 def decode_transaction(
@@ -197,11 +159,13 @@ def decode_transaction(
     try:
         obj = _object(raw)
         return Transaction(
-            TRANSACTION_ID=_field(obj, "TRANSACTION_ID", _identifier),
-            TX_DATETIME=_not_future("TX_DATETIME", _field(obj, "TX_DATETIME", _timestamp), now, max_future),
-            CUSTOMER_ID=_field(obj, "CUSTOMER_ID", _identifier),
-            TERMINAL_ID=_field(obj, "TERMINAL_ID", _identifier),
-            TX_AMOUNT=_field(obj, "TX_AMOUNT", _amount),
+            TRANSACTION_ID=_field(obj, "TRANSACTION_ID", contract.identifier),
+            TX_DATETIME=_not_future(
+                "TX_DATETIME", _field(obj, "TX_DATETIME", contract.timestamp), now, max_future
+            ),
+            CUSTOMER_ID=_field(obj, "CUSTOMER_ID", contract.identifier),
+            TERMINAL_ID=_field(obj, "TERMINAL_ID", contract.identifier),
+            TX_AMOUNT=_field(obj, "TX_AMOUNT", contract.amount),
         )
     except _EventError as exc:
         return Rejection(str(exc), raw[:MAX_EVENT_BYTES])
@@ -212,9 +176,9 @@ def decode_report(raw: bytes, now: datetime, max_future: timedelta = MAX_FUTURE)
     try:
         obj = _object(raw)
         return FraudReport(
-            TRANSACTION_ID=_field(obj, "TRANSACTION_ID", _identifier),
+            TRANSACTION_ID=_field(obj, "TRANSACTION_ID", contract.identifier),
             REPORT_DATETIME=_not_future(
-                "REPORT_DATETIME", _field(obj, "REPORT_DATETIME", _timestamp), now, max_future
+                "REPORT_DATETIME", _field(obj, "REPORT_DATETIME", contract.timestamp), now, max_future
             ),
         )
     except _EventError as exc:

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from feature_repo.windows import MODEL_FEATURES
+from streaming import contract
 from streaming.events import (
     MAX_EVENT_BYTES,
     MAX_FUTURE,
@@ -43,11 +44,8 @@ from streaming.events import (
     Rejection,
     _EventError,
     _field,
-    _identifier,
     _not_future,
     _object,
-    _RuleError,
-    _timestamp,
 )
 
 PREDICTION_DTYPES: dict[str, str] = {
@@ -91,39 +89,39 @@ class Prediction:
 
 def _text(value: object) -> str:
     if type(value) is not str or not value:
-        raise _RuleError("must be a non-empty string")
+        raise contract.RuleError("must be a non-empty string")
     return value
 
 
 def _finite(value: object) -> float:
     if type(value) is int or (type(value) is float and math.isfinite(value)):
         return float(value)
-    raise _RuleError("must be a finite number")
+    raise contract.RuleError("must be a finite number")
 
 
 def _probability(value: object) -> float:
     number = _finite(value)
     if not 0.0 <= number <= 1.0:
-        raise _RuleError("must be between 0 and 1")
+        raise contract.RuleError("must be between 0 and 1")
     return number
 
 
 def _flag(value: object) -> bool:
     if type(value) is not bool:
-        raise _RuleError("must be true or false")
+        raise contract.RuleError("must be true or false")
     return value
 
 
 def _json_object(value: object) -> dict[str, object]:
     if type(value) is not dict:
-        raise _RuleError("must be a JSON object")
+        raise contract.RuleError("must be a JSON object")
     return value
 
 
 def _epoch_seconds(value: object) -> float:
     number = _finite(value)
     if number < 0:
-        raise _RuleError("must not be before 1970")
+        raise contract.RuleError("must not be before 1970")
     return number
 
 
@@ -159,10 +157,10 @@ def decode_prediction(
     try:
         obj = _object(raw)
         request_id = _field(obj, "request_id", _text)
-        transaction_id = _field(obj, "transaction_id", _identifier)
-        moment = _not_future("timestamp", _field(obj, "timestamp", _timestamp), now, max_future)
-        customer_id = _field(obj, "customer_id", _identifier)
-        terminal_id = _field(obj, "terminal_id", _identifier)
+        transaction_id = _field(obj, "transaction_id", contract.identifier)
+        moment = _not_future("timestamp", _field(obj, "timestamp", contract.timestamp), now, max_future)
+        customer_id = _field(obj, "customer_id", contract.identifier)
+        terminal_id = _field(obj, "terminal_id", contract.identifier)
         features = _field(obj, "features", _json_object)
         values = tuple(_member(features, "features", name, _finite) for name in MODEL_FEATURES)
         probability = _field(obj, "probability", _probability)

@@ -179,6 +179,35 @@ def test_bad_input_is_422_naming_the_field(
     assert any(error["loc"][-1] == field for error in response.json()["detail"]), response.json()
 
 
+CONTRACT_REFUSALS = [
+    ({"transaction_id": True}, "transaction_id"),
+    ({"customer_id": "42"}, "customer_id"),
+    ({"terminal_id": 42.0}, "terminal_id"),
+    ({"amount": "57.2"}, "amount"),
+    ({"amount": -0.0}, "amount"),
+    ({"timestamp": 1522576800}, "timestamp"),
+    ({"timestamp": "2100-01-01T00:00:00+00:00"}, "timestamp"),
+    ({"timestamp": "2263-01-01T00:00:00+00:00"}, "timestamp"),
+    ({"timestamp": "1677-06-01T00:00:00+00:00"}, "timestamp"),
+]
+"""Values the stream refuses (tests/test_event_contract.py has the whole table): with a champion
+loaded, each is refused by validation, naming its field, before any feature read could answer
+a stale read (2263) or score a wrapped-around time (1677)."""
+
+
+@pytest.mark.parametrize(("override", "field"), CONTRACT_REFUSALS)
+def test_values_the_stream_refuses_are_422_before_scoring(
+    client: TestClient, training_set: pd.DataFrame, override: dict[str, Any], field: str
+) -> None:
+    good = score_body(training_set.iloc[0])
+    response = client.post("/v1/score", json={**good, **override})
+    assert response.status_code == 422, response.text
+    assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["body", field], "event_contract")]
+    batch = client.post("/v1/score/batch", json={"transactions": [good, {**good, **override}, good]})
+    assert batch.status_code == 422, batch.text
+    assert [e["loc"] for e in batch.json()["detail"]] == [["body", "transactions", 1, field]]
+
+
 def test_missing_field_and_bad_batches_are_422(client: TestClient, training_set: pd.DataFrame) -> None:
     body = score_body(training_set.iloc[0])
     del body["customer_id"]
