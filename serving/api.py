@@ -8,8 +8,9 @@ its own), so both answer exactly the same contract.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,10 +23,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.metrics import REQUEST_SECONDS, ServingMetrics
 from serving.schemas import BatchRequest, BatchScores, Score, Transaction
-from serving.service import NotReadyError, RequestError, ScoringService
+from serving.service import NotReadyError, RequestError, ScoringService, error_reference
 from settings import ServingConfig
 
 MAX_BODY_BYTES = 1 << 20
+
+logger = logging.getLogger(__name__)
 
 DOCS_ASSETS = "/docs-assets"
 """Where `/docs` and `/redoc` load Swagger UI's and ReDoc's files from: this process, not a CDN.
@@ -203,7 +206,7 @@ def build_api(service: ScoringService, score_one: ScoreOne | None = None) -> Fas
 
     @api.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        errors = [{"loc": list(e["loc"]), "msg": _message(e), "type": e["type"]} for e in exc.errors()]
         return fail("validation", 422, errors)
 
     @api.exception_handler(NotReadyError)
@@ -217,8 +220,12 @@ def build_api(service: ScoringService, score_one: ScoreOne | None = None) -> Fas
         return fail("stale_read", 422, [{"loc": loc, "msg": str(exc), "type": "stale_read"} for loc in where])
 
     @api.exception_handler(Exception)
-    async def internal(_request: Request, exc: Exception) -> JSONResponse:
-        return fail("internal", 500, f"{type(exc).__name__}: {exc}")
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # The exception's text may name a host, a path or a URL: it goes to the log under an id.
+        error_id = error_reference()
+        logger.error("%s %s: error %s", request.method, request.url.path, error_id, exc_info=exc)
+        metrics.errors.labels("internal").inc()
+        return JSONResponse({"detail": "internal error", "error_id": error_id}, status_code=500)
 
     @api.post("/v1/score", response_model=Score, responses={413: {}, 422: {}, 503: {}})
     async def score(transaction: Transaction) -> Score:
@@ -284,6 +291,12 @@ def build_api(service: ScoringService, score_one: ScoreOne | None = None) -> Fas
     api.add_middleware(Admission, service=service)  # before the body is read: a refusal costs nothing
     api.add_middleware(RequestMetrics, metrics=metrics, routes=api.router.routes)
     return api
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    """A validation error's message, with the JSON parser's reason where the body is no JSON."""
+    reason = (error.get("ctx") or {}).get("error")
+    return f"{error['msg']}: {reason}" if error["type"] == "json_invalid" and reason else str(error["msg"])
 
 
 def add_docs(api: FastAPI) -> None:

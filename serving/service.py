@@ -36,6 +36,11 @@ from settings import ServingConfig, Settings
 logger = logging.getLogger(__name__)
 
 
+def error_reference() -> str:
+    """A short random id that ties an answer to its logged detail, which the client never sees."""
+    return os.urandom(6).hex()
+
+
 class NotReadyError(RuntimeError):
     """No champion is loaded yet: no deployment pinned one, or it failed to load."""
 
@@ -169,8 +174,11 @@ class ScoringService:
             return False, "no champion loaded"
         try:
             self._online.features(_frame([_PROBE]))
-        except Exception as exc:
-            return False, f"online store unreachable: {exc}"
+        except Exception:
+            # The exception names hosts and paths: the log keeps it, the answer only points to it.
+            error_id = error_reference()
+            logger.exception("readiness: online store unreachable (error %s)", error_id)
+            return False, f"online store unreachable (error {error_id} in the replica's log)"
         return True, f"champion v{serving.champion.version}"
 
     def score(self, transactions: Sequence[Transaction]) -> ScoredBatch:

@@ -1,0 +1,101 @@
+"""Clients get a reason they can act on, or an error id; never the text of an exception, which may
+name a host, a path or a URL with a password."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from feature_repo.online import open_event_buffers
+from modeling.registry import ModelRegistry
+from serving.api import build_api
+from serving.metrics import ServingMetrics
+from serving.model import ModelStore
+from serving.service import ScoringService
+from settings import ServingConfig
+
+SECRET = "redis://fraud:s3cret@10.1.2.3:6379/0"
+BODY = {
+    "transaction_id": 1,
+    "customer_id": 2,
+    "terminal_id": 3,
+    "amount": 1.5,
+    "timestamp": "2018-05-01T00:00:00Z",
+}
+
+
+class _Unreachable:
+    """An online store whose every read fails the way a client library's would: naming its URL."""
+
+    def features(self, _frame: Any) -> Any:
+        raise ConnectionError(f"Error connecting to {SECRET}")
+
+    def close(self) -> None:
+        pass
+
+
+class _Loaded:
+    """What the service holds once a champion is loaded, as far as these paths look at it."""
+
+    config = ServingConfig()
+    champion = None
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[ScoringService]:
+    registry = ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", "fraud_model")
+    service = ScoringService(
+        open_event_buffers(f"sqlite:///{tmp_path / 'online.db'}"), ModelStore(registry), ServingMetrics()
+    )
+    yield service
+    service.close()
+
+
+def test_a_body_that_is_no_json_says_why(service: ScoringService) -> None:
+    with TestClient(build_api(service)) as client:
+        answer = client.post(
+            "/v1/score", content=b'{"transaction_id": 1,', headers={"content-type": "application/json"}
+        )
+    assert answer.status_code == 422
+    (error,) = answer.json()["detail"]
+    assert error["type"] == "json_invalid"
+    assert error["msg"].startswith("JSON decode error: Expecting"), error
+
+
+def test_an_internal_error_answers_an_id_and_logs_the_detail_under_it(
+    service: ScoringService, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError(f"lost {SECRET}")
+
+    monkeypatch.setattr(service, "score", broken)
+    monkeypatch.setattr(service, "_serving", _Loaded())
+    with (
+        caplog.at_level(logging.ERROR, logger="serving.api"),
+        TestClient(build_api(service), raise_server_exceptions=False) as client,
+    ):
+        answer = client.post("/v1/score/batch", json={"transactions": [BODY]})
+    assert answer.status_code == 500
+    assert "s3cret" not in answer.text and "10.1.2.3" not in answer.text
+    error_id = answer.json()["error_id"]
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged and logged[0].exc_info is not None and SECRET in str(logged[0].exc_info[1])
+
+
+def test_readiness_points_to_the_log_instead_of_quoting_the_store(
+    service: ScoringService, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "_online", _Unreachable())
+    monkeypatch.setattr(service, "_serving", _Loaded())
+    with caplog.at_level(logging.ERROR, logger="serving.service"), TestClient(build_api(service)) as client:
+        answer = client.get("/readyz")
+    assert answer.status_code == 503
+    detail = answer.json()["detail"]
+    assert detail.startswith("online store unreachable (error ") and "s3cret" not in detail
+    error_id = detail.split("error ", 1)[1].split(" ", 1)[0]
+    assert any(error_id in r.getMessage() and SECRET in r.exc_text for r in caplog.records if r.exc_text)
