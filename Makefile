@@ -17,7 +17,7 @@ RUN := $(UV) run --frozen
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo dev mlflow feast test test-fast test-integration lint typecheck format rollback \
-	simulate bench bench-training-set bench-model-quality bench-serve bench-monitoring bench-capacity prod-init clean consume produce replay push \
+	simulate bench bench-training-set bench-model-quality bench-serve bench-monitoring bench-capacity bench-autoscale prod-init clean consume produce replay push \
 	broker serve monitor-export k8s-manifests pipeline
 
 help: ## list the targets
@@ -111,7 +111,7 @@ test-fast: install ## the unit tests in a few minutes: no Ray Serve, Dagster run
 test-integration: install ## only the tests against real PostgreSQL / Redis
 	$(RUN) pytest -m integration
 
-bench: bench-training-set bench-model-quality bench-monitoring bench-capacity bench-serve ## every benchmark on the default dataset; each writes bench/results/ and the docs include it (~25 min, needs Redis)
+bench: bench-training-set bench-model-quality bench-monitoring bench-capacity bench-serve bench-autoscale ## every benchmark on the default dataset; each writes bench/results/ and the docs include it (~30 min, needs Redis)
 
 bench-training-set: install ## point-in-time training set of 1.78 M rows: Feast path vs a pandas baseline
 	$(RUN) python -m bench.training_set
@@ -129,8 +129,12 @@ bench-capacity: install ## capacity numbers for docs/scaling.md: consumer events
 	$(RUN) python -m bench.capacity
 	$(RUN) python -m bench.results
 
-bench-serve: install ## serving benchmark: our Ray Serve app vs naive Ray Serve + Feast and uvicorn (~8 min)
+bench-serve: install ## serving benchmark: our Ray Serve app vs naive Ray Serve + Feast and uvicorn (~13 min)
 	$(RUN) python -m bench.serve
+	$(RUN) python -m bench.results
+
+bench-autoscale: install ## autoscaling shown: idle -> 2x one replica's saturation -> idle, min 1 / max 2 replicas (~4 min)
+	$(RUN) python -m bench.autoscale
 	$(RUN) python -m bench.results
 
 clean: ## remove local data, Dagster home and caches

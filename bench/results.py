@@ -53,6 +53,13 @@ MEASURED: dict[str, tuple[str, ...]] = {
     "monitoring": ("monitoring", "bench/monitoring.py"),
     "capacity": ("streaming", "feature_repo", "simulator", "bench/capacity.py"),
     "serve": ("serving", "streaming", "feature_repo", "modeling", "bench/serve.py", "bench/loadgen.py"),
+    "autoscale": (
+        "serving",
+        "settings/serving.py",
+        "bench/autoscale.py",
+        "bench/serve.py",
+        "bench/loadgen.py",
+    ),
 }
 """Each bench's code: a change to any of it makes the bench's table stale (`!path`: not measured)."""
 
@@ -62,6 +69,7 @@ MAKE_TARGET = {
     "monitoring": "make bench-monitoring",
     "capacity": "make bench-capacity",
     "serve": "make bench-serve",
+    "autoscale": "make bench-autoscale",
 }
 
 PACKAGES = (

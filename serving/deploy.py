@@ -21,6 +21,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from modeling.registry import Deployment
 from settings import Settings
+from settings.serving import ServingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,28 @@ APP_NAME = "fraud"
 DEPLOYMENT = "FraudScoring"
 IMPORT_PATH = "serving.app:app"
 SERVE_API = "/api/serve/applications/"
+
+
+def autoscaled(settings: Settings) -> bool:
+    """Whether the profile's deployment autoscales: `serving.autoscale`, or unset, the cluster profile."""
+    autoscale = settings.serving.autoscale
+    return settings.profile == "cluster" if autoscale is None else autoscale
+
+
+def autoscaling_config(serving: ServingSettings) -> dict[str, Any]:
+    """Serve's `autoscaling_config` from the settings; knobs left unset take Serve's defaults."""
+    config: dict[str, Any] = {
+        "min_replicas": serving.min_replicas,
+        "max_replicas": serving.max_replicas,
+        "target_ongoing_requests": serving.target_ongoing_requests,
+        "upscale_delay_s": serving.upscale_delay_s,
+        "downscale_delay_s": serving.downscale_delay_s,
+    }
+    if serving.autoscaling_metrics_interval_s is not None:
+        config["metrics_interval_s"] = serving.autoscaling_metrics_interval_s
+    if serving.autoscaling_look_back_s is not None:
+        config["look_back_period_s"] = serving.autoscaling_look_back_s
+    return config
 
 
 def serve_config(settings: Settings, deployment: Deployment | None = None) -> dict[str, Any]:
@@ -42,16 +65,8 @@ def serve_config(settings: Settings, deployment: Deployment | None = None) -> di
     if deployment is not None:
         runtime.update(champion_version=deployment.champion, challenger_version=deployment.challenger)
     scaling: dict[str, Any] = (
-        {
-            "autoscaling_config": {
-                "min_replicas": serving.min_replicas,
-                "max_replicas": serving.max_replicas,
-                "target_ongoing_requests": serving.target_ongoing_requests,
-                "upscale_delay_s": 10,
-                "downscale_delay_s": 300,
-            }
-        }
-        if settings.profile == "cluster"
+        {"autoscaling_config": autoscaling_config(serving)}
+        if autoscaled(settings)
         else {"num_replicas": serving.replicas}
     )
     config = {

@@ -94,16 +94,38 @@ class ServingSettings(BaseModel):
     host: str = Field("127.0.0.1", description="address the HTTP proxy binds")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the scoring API")
     request_timeout_s: float = Field(10.0, gt=0, description="s before Serve answers 408")
-    replicas: int = Field(1, ge=1, description="replicas of the scoring deployment (local, prod)")
-    min_replicas: int = Field(
-        2, ge=1, description="cluster profile: autoscaling floor (failover: >= 2 nodes)"
+    replicas: int = Field(1, ge=1, description="replicas of the scoring deployment when not autoscaled")
+    # Unset: the cluster profile autoscales, local and prod run `replicas`. Set, it holds for any profile.
+    autoscale: bool | None = Field(
+        None,
+        description="autoscale between min_replicas and max_replicas (unset: in the cluster profile only)",
     )
-    max_replicas: int = Field(16, ge=1, description="cluster profile: autoscaling ceiling")
+    min_replicas: int = Field(
+        2, ge=1, description="autoscaling floor (cluster: >= 2 for failover across nodes)"
+    )
+    max_replicas: int = Field(16, ge=1, description="autoscaling ceiling")
     # Little's law, L = throughput x latency, with one replica's measured saturation (docs/scaling.md):
     # what a replica may hold and a proxy may queue bounds an accepted request's wait; the rest is
-    # refused at once (503 + Retry-After) instead of timing out after the work was queued.
+    # refused at once (503 + Retry-After) instead of timing out after the work was queued. The
+    # autoscaler's target is the same law at the planned rate: that rate x the latency it holds.
     target_ongoing_requests: float = Field(
-        2, gt=0, description="cluster profile: requests in flight per replica the autoscaler keeps"
+        2, gt=0, description="autoscaling: requests in flight per replica the autoscaler keeps"
+    )
+    upscale_delay_s: int = Field(
+        10, ge=0, description="autoscaling: s a scale-up decision must hold before a replica is added"
+    )
+    downscale_delay_s: int = Field(
+        300, ge=0, description="autoscaling: s a scale-down decision must hold before a replica goes"
+    )
+    # Unset, Serve's defaults (30 s and 10 s): a step in load reaches the autoscaler up to a push
+    # interval late, averaged over the look-back. Short values make a seconds-long demo react.
+    autoscaling_look_back_s: float | None = Field(
+        None, gt=0, description="autoscaling: s of in-flight counts averaged per decision (unset: Serve's 30)"
+    )
+    autoscaling_metrics_interval_s: float | None = Field(
+        None,
+        gt=0,
+        description="autoscaling: s between in-flight counts sent to Serve's controller (unset: Serve's 10)",
     )
     # Serve's own limit stays above `runtime.max_in_flight`: at it, Serve's router holds requests in
     # backoff sleeps instead of refusing them, and goodput collapsed (docs/scaling.md).

@@ -6,6 +6,7 @@ dataset, where they are measured against a baseline in the same run.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import capacity, model_quality, monitoring, serve, training_set
+from bench import autoscale, capacity, model_quality, monitoring, serve, training_set
 from bench.common import run_in_child
 from bench.results import MEASURED, fingerprint, read_stamp
 from simulator import simulate
@@ -117,6 +118,29 @@ def test_serve_bench_loads_the_uvicorn_baseline(
     assert not alone.failed and 0 < alone.p50_ms <= alone.p99_ms < math.inf
     assert result.measurements[0].mean_batch == 1.0  # scored alone: the server's own counters agree
     assert result.checks == []  # none of our variants ran: no claim is judged
+
+
+def test_autoscale_bench_ramps_and_samples_the_replicas(
+    pipeline_run: PipelineRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A copy, as for bench.serve: the bench fills the online buffers and registers a model version.
+    data_dir = tmp_path / "data"
+    shutil.copytree(pipeline_run.data_dir, data_dir)
+
+    result = autoscale.main(["--quick", "--data-dir", str(data_dir), "--results", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert_stamped_result(tmp_path, "autoscale", printed)
+
+    assert "| window" in printed and "| s from start" in printed and "target_ongoing_requests" in printed
+    assert result.saturation > 0 and result.ramp.peak == autoscale.PEAK_FACTOR * result.saturation
+    # Whether and when a replica is added is timing, judged by the full bench's PASS/MISS lines, not here.
+    assert len(result.checks) >= 4 and all(c.text for c in result.checks)
+    assert result.samples and all(1 <= s.running <= autoscale.MAX_REPLICAS for s in result.samples)
+    windows = [s.window for s in result.stats]
+    assert windows[0].begin == 0.0 and windows[-1].end == result.ramp.end
+    assert all(a.end == b.begin for a, b in itertools.pairwise(windows))
+    assert sum(s.offered for s in result.stats) == len(result.ramp.dues())
+    assert sum(s.ok for s in result.stats) > 0
 
 
 def test_monitoring_bench_finds_the_shifted_features(

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from serving.deploy import serve_config
 from settings import PROJECT_ROOT, Settings, SettingsError, StreamSettings, load_settings
 from settings.base import ENV_PREFIX
+from settings.serving import ServingSettings
 
 MACHINERY_AND_ABOVE = (
     "feature_repo",
@@ -174,6 +175,53 @@ def test_the_serve_config_is_the_settings(tmp_path: Path) -> None:
         "FRAUDPIPE_PROFILE": "local",
         "FRAUDPIPE_DATA_DIR": str(tmp_path.resolve()),
     }
+
+
+def test_autoscaling_is_a_setting_of_every_profile(tmp_path: Path) -> None:
+    """Unset, only the cluster profile autoscales (with Serve's look-back and metrics interval); set,
+    any profile does, with the settings' bounds, target and delays."""
+    local = serve_config(load_settings(data_dir=tmp_path))["applications"][0]["deployments"][0]
+    assert local["num_replicas"] == 1 and "autoscaling_config" not in local
+
+    cluster = Settings.model_construct(profile="cluster", data_dir=tmp_path)
+    deployment = serve_config(cluster)["applications"][0]["deployments"][0]
+    assert "num_replicas" not in deployment
+    assert deployment["autoscaling_config"] == {
+        "min_replicas": 2,
+        "max_replicas": 16,
+        "target_ongoing_requests": 2,
+        "upscale_delay_s": 10,
+        "downscale_delay_s": 300,
+    }
+
+    serving = {
+        "autoscale": True,
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 3,
+        "upscale_delay_s": 2,
+        "downscale_delay_s": 15,
+        "autoscaling_look_back_s": 4,
+        "autoscaling_metrics_interval_s": 0.5,
+    }
+    with pytest.warns(DeprecationWarning, match="metrics_interval_s"):  # Serve's, about its own field
+        config = serve_config(load_settings(data_dir=tmp_path, serving=serving))
+    deployment = config["applications"][0]["deployments"][0]
+    assert "num_replicas" not in deployment
+    assert deployment["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 3,
+        "upscale_delay_s": 2,
+        "downscale_delay_s": 15,
+        "look_back_period_s": 4,
+        "metrics_interval_s": 0.5,
+    }
+
+    off = Settings.model_construct(
+        profile="cluster", data_dir=tmp_path, serving=ServingSettings(autoscale=False)
+    )
+    assert serve_config(off)["applications"][0]["deployments"][0]["num_replicas"] == 1
 
 
 def _placeholders(text: str) -> set[str]:
