@@ -15,6 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import pandas as pd
+
+# Before anything imports feast: feast.metrics sets PROMETHEUS_MULTIPROC(ESS)_DIR when it is imported
+# first, and prometheus_client then keeps every value in per-process files shared by name and labels,
+# so one test's serving metrics would show up in the next test's fresh ServingMetrics.
+import prometheus_client.values  # noqa: F401
 import pytest
 import redis
 
