@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from orchestration.retraining import RETRAINING_SENSORS
 from settings import ServingConfig
 from simulator import SimulatorConfig, simulate
 from tests.conftest import local_settings, needs_tool
+from tests.ray_cluster import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -57,13 +57,6 @@ GROUP_LABELS = "svg foreignObject.group [data-tooltip]"
 """The graph's group boxes: each is a `foreignObject.group` whose title carries the group name
 as `data-tooltip` (the sidebar tree also lists the groups, so plain page text would not prove
 the graph rendered)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -149,7 +142,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoState]:
         "FRAUDPIPE_PROFILE": "local",
         "FRAUDPIPE_DATA_DIR": str(root / "data"),
     }
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = root / "dagster_dev.log"
     with log.open("wb") as out:

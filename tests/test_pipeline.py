@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,20 +22,15 @@ from orchestration.runner import source_days
 from settings import ServingSettings
 from simulator import SimulatedData, write_dataset
 from tests.conftest import FAST_MODEL, PipelineRun, local_settings
+from tests.ray_cluster import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def no_serve() -> ServingSettings:
     """Serving settings whose Ray dashboard port nothing listens on: no Serve runs for `deployment`
     to reconfigure (not even another test's), so it only records the versions."""
-    return ServingSettings(ray_dashboard_port=_free_port())
+    return ServingSettings(ray_dashboard_port=free_port())
 
 
 def test_definitions_validate(tmp_path: Path) -> None:
@@ -274,7 +268,7 @@ def test_pipeline_command_runs_the_batch_pipeline_on_a_data_directory(
     (home / "dagster.yaml").write_text((ROOT / "orchestration/instance/local/dagster.yaml").read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("FRAUDPIPE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("FRAUDPIPE_SERVING__RAY_DASHBOARD_PORT", str(_free_port()))
+    monkeypatch.setenv("FRAUDPIPE_SERVING__RAY_DASHBOARD_PORT", str(free_port()))
     result = CliRunner().invoke(app, ["pipeline", "--source", str(source)])
     assert result.exit_code == 0, result.output
     assert "from 2021-03-01 to 2021-05-06; training from 2021-04-09" in result.output
