@@ -18,7 +18,7 @@ RUN := $(UV) run --frozen
 .DEFAULT_GOAL := help
 .PHONY: help install demo dev mlflow feast test test-fast test-integration lint typecheck format rollback \
 	simulate bench bench-training-set bench-model-quality bench-serve bench-monitoring bench-capacity bench-autoscale prod-init clean consume produce replay push \
-	broker serve monitor-export k8s-manifests pipeline
+	broker serve monitor-export k8s-manifests pipeline chaos
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -135,6 +135,10 @@ bench-serve: install ## serving benchmark: our Ray Serve app vs naive Ray Serve 
 
 bench-autoscale: install ## autoscaling shown: idle -> 2x one replica's saturation -> idle, min 1 / max 2 replicas (~4 min)
 	$(RUN) python -m bench.autoscale
+	$(RUN) python -m bench.results
+
+chaos: install ## fault suite: Redis bus / online store killed under load, counts of failed, lost, duplicated (~2 min; docs/reliability.md)
+	$(RUN) python -m bench.chaos
 	$(RUN) python -m bench.results
 
 clean: ## remove local data, Dagster home and caches

@@ -35,6 +35,13 @@ def deploy(settings: Settings, models: ModelRegistry) -> tuple[Deployment, str]:
             f"{models.model_name} has no champion to deploy: the promotion gate has not passed yet"
         )
     deployment = Deployment(champion, registry.alias_version(client, models.model_name, registry.CHALLENGER))
+    for version in filter(None, (deployment.champion, deployment.challenger)):
+        try:
+            # Read here first: a version no replica could load is never pinned, so serving keeps
+            # its current versions instead of replicas failing one by one.
+            registry.load_model(models.model_name, version)
+        except registry.ModelArtifactError as exc:
+            raise dg.Failure(f"not deployed, serving keeps its current versions: {exc}") from None
     registry.record_deployment(client, models.model_name, deployment)
     if settings.serving.rayservice is not None:
         patch_rayservice(settings, serve_config(settings, deployment))

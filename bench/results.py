@@ -30,7 +30,7 @@ RESULTS = ROOT / "bench" / "results"
 QUICK_RESULTS = ROOT / "test-artifacts" / "bench"
 """Where `--quick` runs write: smoke runs never replace a measured table."""
 
-DOCS = (ROOT / "bench" / "README.md", ROOT / "docs" / "scaling.md")
+DOCS = (ROOT / "bench" / "README.md", ROOT / "docs" / "scaling.md", ROOT / "docs" / "reliability.md")
 
 MEASURED: dict[str, tuple[str, ...]] = {
     "training_set": (
@@ -60,6 +60,7 @@ MEASURED: dict[str, tuple[str, ...]] = {
         "bench/serve.py",
         "bench/loadgen.py",
     ),
+    "chaos": ("streaming", "feature_repo/online", "bench/chaos.py", "bench/redis_server.py"),
 }
 """Each bench's code: a change to any of it makes the bench's table stale (`!path`: not measured)."""
 
@@ -70,6 +71,7 @@ MAKE_TARGET = {
     "capacity": "make bench-capacity",
     "serve": "make bench-serve",
     "autoscale": "make bench-autoscale",
+    "chaos": "make chaos",
 }
 
 PACKAGES = (

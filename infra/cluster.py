@@ -69,24 +69,44 @@ class ClusterSettings:
         registry: image registry the two images of infra/docker are pushed to.
         env_secret: Secret with the FRAUDPIPE_* connection URLs of .env.prod.example
             (`kubectl create secret generic ... --from-env-file`); every pipeline container gets it.
-        postgres_secret: Secret whose `postgresql-password` key is the PostgreSQL password
-            (the database's and the Dagster chart's, which looks for that key).
+            Its three PostgreSQL URLs name each service's own role, never the superuser, and it
+            holds no FRAUDPIPE_PG_ADMIN_URL.
+        postgres_secret: Secret whose `postgresql-password` key is the password of the server's
+            superuser `postgres_user`; only the PostgreSQL server reads it.
+        pg_admin_secret: Secret whose `url` key is FRAUDPIPE_PG_ADMIN_URL (the superuser's URL of
+            the server's `postgres` database): the prod-init Job's alone, which makes each service's
+            role and gives it its database. No other pod mounts it; delete it once the Job is done.
+        dagster_postgres_secret: Secret whose `postgresql-password` key is the password of
+            `dagster_postgres_user` (the one in FRAUDPIPE_DAGSTER_PG_URL): the Dagster chart
+            reads it (`global.postgresqlSecretName`) for its pods: webserver, daemon, code location, runs.
         redis_secret: Secret whose `password` key Redis requires.
         ray_token_secret: Secret whose `auth_token` key is the Ray cluster's token: KubeRay gives it
             to the Ray pods, the Dagster pods present it when they join the cluster as drivers.
         data_claim, data_size, data_storage_class: the ReadWriteMany volume mounted at
             `data_dir` by Ray pods, the code location and Dagster's run pods: the lake and
             MLflow's artifact directory, written by runs and read by the Serve replicas.
-        dagster_database, postgres_user: what FRAUDPIPE_DAGSTER_PG_URL names (.env.prod.example).
+        postgres_user: the server's superuser (`POSTGRES_USER`): prod-init's admin, no service's.
+        dagster_database, dagster_postgres_user: the database and role FRAUDPIPE_DAGSTER_PG_URL
+            names (.env.prod.example): the Dagster chart logs in as that role, which prod-init
+            made owner of that database and of nothing else.
         kafka_cluster, kafka_namespace: the Strimzi `Kafka` the topics belong to.
+        kafka_port: the port of the listener the bus URL names (its plain listener, 9092).
         topic_partitions, topic_replicas, topic_min_insync: per topic; 3 replicas with 2 in
             sync survive one broker down without losing an acknowledged event.
+        ingress_namespace: where the ingress controller (or whatever routes outside traffic in)
+            runs: the only namespace whose pods reach the Serve proxies (network-policies.yaml).
+        monitoring_namespace: where Prometheus runs; its pods may scrape Ray's metrics port.
+        kuberay_namespace: where the KubeRay operator runs; it deploys serveConfigV2 through the
+            head's dashboard and checks the head's proxy, so it alone, outside the Ray cluster's own
+            drivers, reaches the dashboard.
     """
 
     namespace: str = "fraudpipe"
     registry: str = "registry.example.com/fraudpipe"
     env_secret: str = "fraudpipe-env"
     postgres_secret: str = "fraudpipe-postgresql"
+    pg_admin_secret: str = "fraudpipe-pg-admin"
+    dagster_postgres_secret: str = "fraudpipe-dagster-postgresql"
     redis_secret: str = "fraudpipe-redis"
     ray_token_secret: str = "fraudpipe-ray-token"
     data_claim: str = "fraudpipe-data"
@@ -110,6 +130,7 @@ class ClusterSettings:
     dagster_webserver: Size = Size(cpu="250m", memory="1Gi", limit_cpu="1", limit_memory="2Gi")
     dagster_daemon: Size = Size(cpu="250m", memory="1Gi", limit_cpu="1", limit_memory="2Gi")
     dagster_database: str = "fraudpipe_dagster"
+    dagster_postgres_user: str = "fraudpipe_dagster"
     postgres_user: str = "postgres"
 
     redis_image: str = "redis:7.4.2-bookworm"
@@ -121,11 +142,28 @@ class ClusterSettings:
 
     kafka_cluster: str = "fraudpipe-kafka"
     kafka_namespace: str = "fraudpipe"
+    kafka_port: int = 9092
     topic_partitions: int = 6
     topic_replicas: int = 3
     topic_min_insync: int = 2
 
+    ingress_namespace: str = "ingress-nginx"
+    monitoring_namespace: str = "monitoring"
+    # KubeRay's Helm chart installs into the release's namespace, `default` in its quick start.
+    kuberay_namespace: str = "default"
+
     labels: dict[str, str] = field(default_factory=lambda: {"app.kubernetes.io/part-of": "fraudpipe"})
+
+    def __post_init__(self) -> None:
+        # Least privilege: the superuser is prod-init's, each service logs in as its own role.
+        if self.dagster_postgres_user == self.postgres_user:
+            raise ValueError(
+                f"dagster_postgres_user is the server's superuser {self.postgres_user!r}: "
+                "give Dagster a role of its own (prod-init makes it)"
+            )
+        secrets = [self.env_secret, self.postgres_secret, self.pg_admin_secret, self.dagster_postgres_secret]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError(f"the env, PostgreSQL, admin and Dagster Secrets must differ: {secrets}")
 
     @property
     def project_version(self) -> str:

@@ -3,7 +3,8 @@
 The chart writes its own dagster.yaml from its values, so each setting of
 orchestration/instance/prod/dagster.yaml is carried over to the value that
 produces it: PostgreSQL storage becomes the chart's external-database settings
-(its bundled PostgreSQL off, the password from a Secret), `telemetry` and
+(its bundled PostgreSQL off; Dagster's own role, made by prod-init, with its
+password from a Secret of its own: the server's superuser is not Dagster's), `telemetry` and
 `run_monitoring` their values, anything the chart has no value for goes
 through `additionalInstanceConfig` unchanged. workspace.yaml's code location
 becomes the one user deployment, served by `dagster api grpc` with the same
@@ -27,6 +28,9 @@ from orchestration import CODE_LOCATION
 INSTANCE = PROJECT_ROOT / "orchestration" / "instance" / "prod" / "dagster.yaml"
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
 GRPC_PORT = 3030
+# The Helm release the README installs (`helm upgrade --install dagster ...`): the chart labels its
+# pods `app.kubernetes.io/instance: <release>`, which network-policies.yaml selects them by.
+RELEASE = "dagster"
 APP_UID = 1000  # the user of infra/docker/code-location.Dockerfile
 
 # run_monitoring keys the chart renders into its dagster.yaml (templates/configmap-instance.yaml).
@@ -96,7 +100,7 @@ def render(
         # the manifests render, the pods' proxy bound to the pod IP.
         {"name": "FRAUDPIPE_SERVING__RAYSERVICE", "value": rayservice.NAME},
         {"name": "FRAUDPIPE_SERVING__NAMESPACE", "value": settings.namespace},
-        {"name": "FRAUDPIPE_SERVING__HOST", "value": "0.0.0.0"},
+        {"name": "FRAUDPIPE_SERVING__HOST", "value": rayservice.PROXY_HOST},
     ]
     ray_env = driver_env(settings)
     data_volume = {"name": "data", "persistentVolumeClaim": {"claimName": settings.data_claim}}
@@ -104,12 +108,13 @@ def render(
     env_secrets = [{"name": settings.env_secret}]
     repository, tag = settings.code_location_image
     values: dict[str, Any] = {
-        "global": {"postgresqlSecretName": settings.postgres_secret},
+        # Dagster's own role and its password (key postgresql-password), not the server's superuser.
+        "global": {"postgresqlSecretName": settings.dagster_postgres_secret},
         "postgresql": {
             # The database is infra/k8s/postgresql.yaml's (or any PostgreSQL you run), not the chart's.
             "enabled": False,
             "postgresqlHost": POSTGRES_NAME,
-            "postgresqlUsername": settings.postgres_user,
+            "postgresqlUsername": settings.dagster_postgres_user,
             "postgresqlDatabase": settings.dagster_database,
             "service": {"port": POSTGRES_PORT},
         },

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from infra import dagster_values, rayservice, stores
+from infra import dagster_values, network_policies, rayservice, stores
 from infra.cluster import PROJECT_ROOT, ClusterSettings, dockerfile_ray_version
 from settings import StreamSettings
 from streaming.bus import TOPICS
@@ -78,7 +78,10 @@ def render_all(settings: ClusterSettings | None = None) -> list[Rendered]:
             (cluster,),
             (
                 "PostgreSQL for Dagster, MLflow and the Feast registry (one database each, made by",
-                f"prod-init.yaml). Password: Secret {settings.postgres_secret}, key postgresql-password.",
+                "prod-init.yaml, each owned by the service's own role and closed to the others).",
+                f"Its superuser `{settings.postgres_user}` is prod-init's alone (through Secret",
+                f"{settings.pg_admin_secret}); its password: Secret {settings.postgres_secret}, key",
+                "postgresql-password.",
             ),
             stores.postgresql(settings),
         ),
@@ -88,6 +91,8 @@ def render_all(settings: ClusterSettings | None = None) -> list[Rendered]:
             (
                 "Redis for the online event buffers and, if chosen, the bus.",
                 f"Password: Secret {settings.redis_secret}, key password (put it in the redis:// URLs too).",
+                "It is on no command line: an init container writes it as `requirepass` into a memory",
+                "volume that redis-server --include's, and the probe's redis-cli reads REDISCLI_AUTH.",
             ),
             stores.redis(settings),
         ),
@@ -103,7 +108,12 @@ def render_all(settings: ClusterSettings | None = None) -> list[Rendered]:
         Rendered(
             "prod-init.yaml",
             (cluster,),
-            ("`make prod-init` in the cluster: creates the databases the URLs of the env Secret name.",),
+            (
+                "`make prod-init` in the cluster: for each PostgreSQL URL of the env Secret, its role",
+                "(login, nothing more) and its database, owned by that role and closed to PUBLIC.",
+                f"FRAUDPIPE_PG_ADMIN_URL comes from Secret {settings.pg_admin_secret}, key url, which",
+                "no other pod mounts: delete it once the Job has completed.",
+            ),
             [stores.prod_init_job(settings)],
         ),
         Rendered(
@@ -125,6 +135,21 @@ def render_all(settings: ClusterSettings | None = None) -> list[Rendered]:
             [rayservice.render(settings)],
         ),
         Rendered(
+            "network-policies.yaml",
+            (cluster, "infra/network_policies.py"),
+            (
+                f"Pods of {settings.namespace} refuse ingress but what is allowed here (to <- from: ports):",
+                *(f"  {line}" for line in network_policies.matrix(settings)),
+                "Apply before anything listens: the proxies, the dashboard and the code server bind 0.0.0.0.",
+                "The stream consumer's pods (not rendered here) must carry app.kubernetes.io/part-of:",
+                f"fraudpipe and app.kubernetes.io/component: {network_policies.STREAM_CONSUMER_COMPONENT}.",
+                "Strimzi adds its own policy per listener, open to every pod unless the listener lists",
+                "networkPolicyPeers: give yours the peers of fraudpipe-kafka-from-clients.",
+                "Egress is not restricted (DNS, the Kubernetes API, registries: the cluster's addresses).",
+            ),
+            network_policies.render(settings),
+        ),
+        Rendered(
             "dagster-values.yaml",
             ("orchestration/instance/prod/dagster.yaml", "workspace.yaml", cluster),
             (
@@ -133,6 +158,8 @@ def render_all(settings: ClusterSettings | None = None) -> list[Rendered]:
                 "-f infra/k8s/dagster-values.yaml",
                 "The code location and run pods join the RayService's Ray cluster as drivers (the",
                 f"cluster profile): its head Service, with the token of Secret {settings.ray_token_secret}.",
+                f"Dagster logs in to PostgreSQL as its own role {settings.dagster_postgres_user}, not the",
+                f"superuser: password in Secret {settings.dagster_postgres_secret}, key postgresql-password.",
             ),
             [dagster_values.render(settings)],
         ),

@@ -1,13 +1,13 @@
 """The KubeRay `RayService`: the cluster profile's Serve config on an autoscaling Ray cluster.
 
 `serveConfigV2` is the cluster profile's Serve config as `serving.deploy.serve_config`
-renders it from the settings, with one change: the proxy binds 0.0.0.0 (inside a
-pod the Kubernetes Service is the boundary, and KubeRay's serve Service reaches
-the proxy on the pod IP). Its runtime environment names the profile and the
-shared data directory. The `deployment` asset patches its pinned versions
-(`serving.deploy.rayservice_patch`). Serve scales replicas on
-requests in flight (`autoscaling_config`); the in-tree Ray autoscaler adds and
-removes worker pods to fit them.
+renders it from the settings, with one change: every node's proxy binds 0.0.0.0
+(all of the pod's addresses), so that KubeRay's serve Service answers from any
+node; who may connect is network-policies.yaml's business. Its runtime
+environment names the profile and the shared data directory. The `deployment`
+asset patches its pinned versions (`serving.deploy.rayservice_patch`). Serve
+scales replicas on requests in flight (`autoscaling_config`); the in-tree Ray
+autoscaler adds and removes worker pods to fit them.
 """
 
 from __future__ import annotations
@@ -30,6 +30,15 @@ from settings import ServingSettings, Settings
 RAY_UID = 1000  # the `ray` user of the rayproject/ray images
 RAY_GID = 100  # its group, `users`
 NAME = "fraudpipe"
+# The head's ports (Ray's defaults, which KubeRay's head Service names): drivers join at the GCS,
+# the KubeRay operator deploys Serve through the dashboard, Ray Client (unused here) at the client port.
+GCS_PORT = 6379
+DASHBOARD_PORT = 8265
+CLIENT_PORT = 10001
+# Every node's Serve proxy binds the pod IP: KubeRay's serve Service sends to any node's proxy, and
+# network-policies.yaml, not the bind address, decides who reaches it. The local and prod profiles
+# keep settings.serving.host (127.0.0.1).
+PROXY_HOST = "0.0.0.0"
 
 
 def profile_settings(settings: ClusterSettings) -> Settings:
@@ -41,7 +50,7 @@ def profile_settings(settings: ClusterSettings) -> Settings:
     return Settings.model_construct(
         profile=PROFILE,
         data_dir=Path(settings.data_dir),
-        serving=ServingSettings(host="0.0.0.0"),
+        serving=ServingSettings(host=PROXY_HOST),
     )
 
 
@@ -50,13 +59,23 @@ def serve_config(settings: ClusterSettings) -> dict[str, Any]:
     return deploy.serve_config(profile_settings(settings))
 
 
+def serve_port(settings: ClusterSettings) -> int:
+    """The port every node's Serve proxy listens on."""
+    return int(serve_config(settings)["http_options"]["port"])
+
+
+def metrics_port(settings: ClusterSettings) -> int:
+    """Ray's per-node metrics endpoint (KubeRay's default, the setting's default): what Prometheus scrapes."""
+    return profile_settings(settings).serving.ray_metrics_port
+
+
 def driver_env(settings: ClusterSettings) -> list[dict[str, Any]]:
     """What a pod needs to join the RayService's cluster as a driver (the `cluster` profile's RayResource).
 
     KubeRay's head Service of a RayService follows the active cluster across upgrades.
     """
     return [
-        {"name": "FRAUDPIPE_RAY_ADDRESS", "value": f"{NAME}-head-svc:6379"},
+        {"name": "FRAUDPIPE_RAY_ADDRESS", "value": f"{NAME}-head-svc:{GCS_PORT}"},
         {"name": "RAY_AUTH_MODE", "value": "token"},
         {
             "name": "RAY_AUTH_TOKEN",
@@ -67,12 +86,11 @@ def driver_env(settings: ClusterSettings) -> list[dict[str, Any]]:
 
 def render(settings: ClusterSettings) -> dict[str, Any]:
     config = serve_config(settings)
-    serve_port = int(config["http_options"].get("port", 8000))
     head_ports = [
-        {"name": "gcs-server", "containerPort": 6379},
-        {"name": "dashboard", "containerPort": 8265},
-        {"name": "client", "containerPort": 10001},
-        {"name": "serve", "containerPort": serve_port},
+        {"name": "gcs-server", "containerPort": GCS_PORT},
+        {"name": "dashboard", "containerPort": DASHBOARD_PORT},
+        {"name": "client", "containerPort": CLIENT_PORT},
+        {"name": "serve", "containerPort": serve_port(settings)},
     ]
     return {
         "apiVersion": "ray.io/v1",
@@ -100,7 +118,8 @@ def render(settings: ClusterSettings) -> dict[str, Any]:
                 "headGroupSpec": {
                     # No replica on the head: it runs the GCS, the Serve controller and a proxy,
                     # and an overloaded head stalls the whole cluster. KubeRay's operator deploys
-                    # the Serve config through the dashboard, so it listens on the pod IP.
+                    # the Serve config through the dashboard, so it listens on the pod IP;
+                    # network-policies.yaml lets the operator and the cluster's own pods reach it.
                     "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
                     "template": _pod(settings, "ray-head", settings.ray_head.resources(), head_ports),
                 },

@@ -2,7 +2,9 @@
 
 PostgreSQL and Redis are single-replica StatefulSets with a volume each: enough
 for one team's pipeline, and replaceable by managed services by pointing the
-FRAUDPIPE_* URLs of the env Secret elsewhere. Kafka is a Strimzi `Kafka`
+FRAUDPIPE_* URLs of the env Secret elsewhere. PostgreSQL's superuser is the
+prod-init Job's only (through the admin Secret); Dagster, MLflow and Feast
+each log in as a role of their own that owns its database and nothing else. Kafka is a Strimzi `Kafka`
 cluster run by the user's Strimzi operator; this project declares only its
 topics, named as the stream consumer names them.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.cluster import ClusterSettings, container_security, pod_security
+from infra.cluster import ClusterSettings, Size, container_security, pod_security
 
 POSTGRES_NAME = "fraudpipe-postgresql"
 POSTGRES_PORT = 5432
@@ -19,6 +21,10 @@ REDIS_NAME = "fraudpipe-redis"
 REDIS_PORT = 6379
 # The uid and gid the official postgres and redis images create for their server.
 POSTGRES_UID = REDIS_UID = 999
+REDIS_SECRET_DIR = "/etc/redis/secret"
+REDIS_AUTH_DIR = "/run/redis-auth"
+REDIS_AUTH_FILE = f"{REDIS_AUTH_DIR}/requirepass.conf"
+REDIS_INIT = Size(cpu="50m", memory="32Mi")
 
 
 def namespace(settings: ClusterSettings) -> dict[str, Any]:
@@ -106,8 +112,30 @@ def postgresql(settings: ClusterSettings) -> list[dict[str, Any]]:
 
 
 def redis(settings: ClusterSettings) -> list[dict[str, Any]]:
+    """Redis with its password kept off every command line (`ps`, /proc/<pid>/cmdline, the pod spec).
+
+    An init container turns the Secret's `password` file into a `requirepass` line in a
+    memory-backed volume, and redis-server `--include`s it; the readiness probe's redis-cli
+    takes the password from REDISCLI_AUTH. No argv holds it, no variable is expanded into one.
+    """
     labels = settings.component_labels("redis")
     selector = {"app.kubernetes.io/name": REDIS_NAME}
+    # Quoted for Redis's config parser (a password may hold spaces), `\` and `"` escaped.
+    write_auth = (
+        r"""umask 077; sed -e 's/[\\"]/\\&/g' -e 's/^/requirepass "/' -e 's/$/"/' """
+        f"{REDIS_SECRET_DIR}/password > {REDIS_AUTH_FILE}"
+    )
+    init = {
+        "name": "redis-auth",
+        "image": settings.redis_image,
+        "command": ["sh", "-c", write_auth],
+        "resources": REDIS_INIT.resources(),
+        "securityContext": container_security(read_only_root=True),
+        "volumeMounts": [
+            {"name": "secret", "mountPath": REDIS_SECRET_DIR, "readOnly": True},
+            {"name": "auth", "mountPath": REDIS_AUTH_DIR},
+        ],
+    }
     container = {
         "name": "redis",
         "image": settings.redis_image,
@@ -115,34 +143,58 @@ def redis(settings: ClusterSettings) -> list[dict[str, Any]]:
         # maxmemory at half the limit leaves room for the fork of an AOF rewrite; noeviction
         # because an evicted buffer would read as a card with no history (docs/scaling.md).
         "args": [
+            "--include",
+            REDIS_AUTH_FILE,
             "--appendonly",
             "yes",
             "--maxmemory",
             settings.redis_maxmemory(),
             "--maxmemory-policy",
             "noeviction",
-            "--requirepass",
-            "$(REDIS_PASSWORD)",
         ],
         "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
         "env": [
             {
-                "name": "REDIS_PASSWORD",
+                "name": "REDISCLI_AUTH",
                 "valueFrom": {"secretKeyRef": {"name": settings.redis_secret, "key": "password"}},
             }
         ],
         "readinessProbe": {
-            "exec": {"command": ["sh", "-c", 'redis-cli -a "$REDIS_PASSWORD" --no-auth-warning ping']},
+            # redis-cli exits 0 on an error reply too (NOAUTH): only PONG is ready.
+            "exec": {"command": ["sh", "-c", 'test "$(redis-cli ping)" = PONG']},
             "periodSeconds": 10,
         },
         "resources": settings.redis.resources(),
         "securityContext": container_security(read_only_root=True),
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/data"},
+            {"name": "auth", "mountPath": REDIS_AUTH_DIR, "readOnly": True},
+        ],
     }
+    volumes = [
+        # 0440: readable by the redis user through fsGroup, by nobody else.
+        {
+            "name": "secret",
+            "secret": {
+                "secretName": settings.redis_secret,
+                "items": [{"key": "password", "path": "password"}],
+                "defaultMode": 0o440,
+            },
+        },
+        {"name": "auth", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+    ]
     return [
         _service(settings, REDIS_NAME, labels, selector, "redis", REDIS_PORT),
         _stateful_set(
-            settings, REDIS_NAME, labels, selector, container, REDIS_UID, settings.redis_storage, []
+            settings,
+            REDIS_NAME,
+            labels,
+            selector,
+            container,
+            REDIS_UID,
+            settings.redis_storage,
+            volumes,
+            init_containers=[init],
         ),
     ]
 
@@ -179,7 +231,13 @@ def kafka_topics(settings: ClusterSettings, topics: tuple[str, ...]) -> list[dic
 
 
 def prod_init_job(settings: ClusterSettings) -> dict[str, Any]:
-    """`make prod-init` as a Job: creates the Dagster, MLflow and Feast databases the env URLs name."""
+    """`make prod-init` as a Job: each of the Dagster, MLflow and Feast URLs of the env Secret gets
+    its role (login and nothing more) and its database, owned by that role, closed to PUBLIC.
+
+    It alone gets FRAUDPIPE_PG_ADMIN_URL, one variable from the admin Secret's `url` key (not
+    `envFrom`, which would take whatever else that Secret holds); the settings never pass it on
+    to a child process. Every other pod reaches PostgreSQL as its service's role.
+    """
     repository, tag = settings.code_location_image
     return {
         "apiVersion": "batch/v1",
@@ -203,6 +261,14 @@ def prod_init_job(settings: ClusterSettings) -> dict[str, Any]:
                             "image": f"{repository}:{tag}",
                             "command": ["python", "-m", "orchestration", "prod-init"],
                             "envFrom": [{"secretRef": {"name": settings.env_secret}}],
+                            "env": [
+                                {
+                                    "name": "FRAUDPIPE_PG_ADMIN_URL",
+                                    "valueFrom": {
+                                        "secretKeyRef": {"name": settings.pg_admin_secret, "key": "url"}
+                                    },
+                                }
+                            ],
                             "resources": settings.code_location.resources(),
                             "securityContext": container_security(),
                         }
@@ -242,8 +308,12 @@ def _stateful_set(
     uid: int,
     storage: str,
     volumes: list[dict[str, Any]],
+    init_containers: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    pod_spec: dict[str, Any] = {"securityContext": pod_security(uid, uid), "containers": [container]}
+    pod_spec: dict[str, Any] = {"securityContext": pod_security(uid, uid)}
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    pod_spec["containers"] = [container]
     if volumes:
         pod_spec["volumes"] = volumes
     return {

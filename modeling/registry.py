@@ -9,6 +9,7 @@ several promotions.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,12 @@ import mlflow
 import mlflow.xgboost
 import pandas as pd
 import xgboost as xgb
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from feature_repo.windows import MODEL_FEATURES
 from settings import Settings
 
 CHALLENGER = "challenger"
@@ -123,10 +126,55 @@ def alias_version(client: MlflowClient, model_name: str, alias: str) -> str | No
         return None
 
 
+class ModelArtifactError(ValueError):
+    """A registered version that is not a model this project serves: refused before anything loads it."""
+
+
+MODEL_CLASS = "xgboost.sklearn.XGBClassifier"
+MODEL_FORMATS = ("ubj", "json")
+
+
 def load_model(model_name: str, version: str) -> xgb.XGBClassifier:
-    model = mlflow.xgboost.load_model(f"models:/{model_name}/{version}")
-    if not isinstance(model, xgb.XGBClassifier):
-        raise TypeError(f"{model_name} v{version} is a {type(model).__name__}, not an XGBClassifier")
+    """A version's classifier, read as XGBoost data after its MLmodel file is checked.
+
+    Not `mlflow.xgboost.load_model`: it imports and instantiates whatever class the
+    MLmodel file names before any check could run, so a tampered file would run
+    code of its choosing; here the class and format must be the ones this project
+    writes, and XGBoost then parses the file as data (UBJ or JSON, never a pickle).
+
+    Raises:
+        ModelArtifactError: another class or format, a missing, corrupt or wrong-shaped model.
+    """
+    with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}", dst_path=tmp))
+        where = f"{model_name} v{version}"
+        try:
+            flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["xgboost"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+            raise ModelArtifactError(
+                f"{where}: no readable xgboost flavor in its MLmodel file ({exc!r})"
+            ) from None
+        model_class, model_format = flavor.get("model_class"), flavor.get("model_format", "xgb")
+        if model_class != MODEL_CLASS:
+            raise ModelArtifactError(
+                f"{where}: its MLmodel file names class {model_class!r}, not {MODEL_CLASS}"
+            )
+        if model_format not in MODEL_FORMATS:
+            raise ModelArtifactError(f"{where}: format {model_format!r}, not one of {MODEL_FORMATS}")
+        data = local / str(flavor.get("data", ""))
+        if data.parent != local or data.suffix != f".{model_format}" or not data.is_file():
+            raise ModelArtifactError(f"{where}: no {model_format} model file at {flavor.get('data')!r}")
+        model = xgb.XGBClassifier()
+        try:
+            model.load_model(data)
+        except xgb.core.XGBoostError as exc:
+            raise ModelArtifactError(f"{where}: XGBoost cannot read {data.name}: {str(exc)[:300]}") from None
+    features = model.get_booster().num_features()
+    if features != len(MODEL_FEATURES) or getattr(model, "n_classes_", 2) != 2:
+        raise ModelArtifactError(
+            f"{where}: takes {features} features for {getattr(model, 'n_classes_', '?')} classes; "
+            f"serving sends {len(MODEL_FEATURES)} for 2"
+        )
     return model
 
 

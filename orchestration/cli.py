@@ -57,7 +57,10 @@ def rollback() -> None:
 
 @app.command("prod-init")
 def prod_init() -> None:
-    """Create the prod profile's PostgreSQL databases (Dagster, MLflow, Feast) if missing."""
+    """Create the prod profile's PostgreSQL databases (Dagster, MLflow, Feast) if missing.
+
+    With FRAUDPIPE_PG_ADMIN_URL, each service's role is made too, owning its database alone.
+    """
     from orchestration.postgres import ensure_database
 
     settings = load_settings_or_exit()
@@ -66,11 +69,13 @@ def prod_init() -> None:
             "prod-init creates the prod databases: set FRAUDPIPE_PROFILE=prod", fg=typer.colors.RED, err=True
         )
         raise typer.Exit(2)
+    admin = settings.pg_admin_url.get_secret_value() if settings.pg_admin_url else None
     for name in ("dagster_pg_url", "mlflow_pg_url", "feast_pg_url"):
         url = getattr(settings, name)
         assert url is not None  # the settings refuse the prod profile without them
-        created = ensure_database(url.get_secret_value())
-        typer.echo(f"FRAUDPIPE_{name.upper()}: {'created' if created else 'exists'}")
+        created = ensure_database(url.get_secret_value(), admin)
+        owner = "; its role owns it alone" if admin else ""
+        typer.echo(f"FRAUDPIPE_{name.upper()}: {'created' if created else 'exists'}{owner}")
 
 
 @app.command()

@@ -21,10 +21,11 @@ from starlette.routing import BaseRoute, Match
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from feature_repo.online import OnlineStoreUnavailableError
 from serving.metrics import REQUEST_SECONDS, ServingMetrics
 from serving.schemas import BatchRequest, BatchScores, Score, Transaction
 from serving.service import NotReadyError, RequestError, ScoringService, error_reference
-from settings import ServingConfig
+from settings import ApiKeyGuard, ApiKeys, ServingConfig
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -177,13 +178,17 @@ class RequestMetrics:
                 self.metrics.errors.labels("too_large").inc()
 
 
-def build_api(service: ScoringService, score_one: ScoreOne | None = None) -> FastAPI:
+def build_api(
+    service: ScoringService, score_one: ScoreOne | None = None, api_keys: ApiKeys | None = None
+) -> FastAPI:
     """The HTTP app.
 
     Args:
         service: what scores.
         score_one: how `/v1/score` scores one transaction; by default on its
             own, in a worker thread (the Ray deployment passes its batcher).
+        api_keys: the keys every request but the probes must bear (`settings.AuthSettings`);
+            None: open, as on the loopback default.
     """
 
     async def score_alone(transaction: Transaction) -> Score | Exception:
@@ -213,6 +218,14 @@ def build_api(service: ScoringService, score_one: ScoreOne | None = None) -> Fas
     async def not_ready(_request: Request, exc: NotReadyError) -> JSONResponse:
         retry_after = service.config.retry_after_s if service.config else ServingConfig().retry_after_s
         return fail("not_ready", 503, str(exc), {"Retry-After": str(retry_after)})
+
+    @api.exception_handler(OnlineStoreUnavailableError)
+    async def store_down(_request: Request, exc: OnlineStoreUnavailableError) -> JSONResponse:
+        # Never a score from missing features: a known customer would be scored as a new card.
+        logger.warning("online store unavailable: %s", exc.__cause__ or exc)
+        retry_after = service.config.retry_after_s if service.config else ServingConfig().retry_after_s
+        detail = "the online store did not answer: no score without features, retry later"
+        return fail("online_unavailable", 503, detail, {"Retry-After": str(retry_after)})
 
     @api.exception_handler(RequestError)
     async def unreadable(_request: Request, exc: RequestError) -> JSONResponse:
@@ -289,6 +302,8 @@ def build_api(service: ScoringService, score_one: ScoreOne | None = None) -> Fas
     add_docs(api)  # after the scoring routes: a score request is matched before it looks at these
     api.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     api.add_middleware(Admission, service=service)  # before the body is read: a refusal costs nothing
+    if api_keys is not None:  # before admission: an unauthenticated flood takes no in-flight slot
+        api.add_middleware(ApiKeyGuard, keys=api_keys, on_refused=metrics.errors.labels("unauthorized").inc)
     api.add_middleware(RequestMetrics, metrics=metrics, routes=api.router.routes)
     return api
 

@@ -22,6 +22,7 @@ from serving.metrics import ServingMetrics
 from serving.schemas import Score, Transaction
 from serving.service import NotReadyError, ScoringService
 from settings import ServingConfig, load_settings
+from settings.logs import redact_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +35,18 @@ logger = logging.getLogger(__name__)
 class FraudScoring:
     def __init__(self) -> None:
         # The versions come with the user_config (reconfigure, right after this): up, not ready, until then.
+        redact_handlers(logging.getLogger(), logging.getLogger("ray.serve"))
         settings = load_settings()
         # Through Ray Serve's metrics API: every replica of a node in one scrape of its metrics agent.
         metrics = ServingMetrics.for_ray(settings.serving.ray_metrics_port)
         self.service = ScoringService.from_settings(settings, metrics)
+        self.api_keys = settings.auth.keys()
         # The imports and the model are here for the replica's life: frozen, the
         # garbage collector stops rescanning them, which otherwise stalls large batches.
         gc.freeze()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.service, self.score_one)
+        return build_api(self.service, self.score_one, self.api_keys)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = ServingConfig.model_validate(user_config)

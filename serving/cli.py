@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from settings import load_settings_or_exit
+from settings.logs import configure_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def run(
     from modeling.registry import ModelRegistry, recorded_deployment
     from serving.deploy import ServeApi, serve_config, start_local
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     registry = ModelRegistry.from_settings(settings)
     registry.activate()
     deployment = recorded_deployment(registry.client(), registry.model_name)

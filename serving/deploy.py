@@ -11,12 +11,17 @@ pinned versions. No replica resolves a registry alias itself.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import ray
 import yaml
+from ray._private import ray_constants
 from ray.serve.schema import ServeDeploySchema
 
 from modeling.registry import Deployment
@@ -146,22 +151,72 @@ def patch_rayservice(settings: Settings, config: dict[str, Any]) -> None:
     )
 
 
+def _private_token_file(settings: Settings) -> None:
+    """Make the token file a local Ray reads owner-only (0600), creating it when missing.
+
+    Ray writes a missing token with the umask's mode (0644: any user of the machine could
+    read it and drive the cluster). Nothing to do when the token comes in RAY_AUTH_TOKEN.
+    """
+    if settings.ray_auth_token is not None:
+        return
+    path = settings.ray_auth_token_path.expanduser()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        path.chmod(0o600)
+    else:
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_hex(32))
+
+
+@contextmanager
+def _single_node() -> Iterator[None]:
+    """Ray's multi-node mode off while a local Ray starts, in its processes and in this one.
+
+    With the mode on, Ray turns 127.0.0.1 into the machine's address wherever it meets it
+    (`resolve_ip_for_localhost` in ray/_private/services.py): in ray.init's `_node_ip_address`,
+    which puts the node's servers, agents and metrics endpoints on every interface, and in the
+    GCS address the dashboard connects its own driver to, which then finds no GCS there.
+    Restored after: a later driver of a multi-node cluster from this process, or a
+    `ray start --address` it runs (the tests do), needs the mode on.
+    """
+    # Ray's processes read the variable as they start; this one read it on importing Ray.
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_variable, saved_mode = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_mode
+        if saved_variable is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_variable
+
+
 def start_local(settings: Settings, num_cpus: int | None = None) -> None:
     """A Ray instance on this machine for the local and prod profiles, token authentication on.
 
-    Its dashboard answers on 127.0.0.1 only, where the deployer reaches Serve's REST API.
+    Its node address is 127.0.0.1, so its servers, agents and metrics endpoints listen there
+    only; the one exception is the Serve replicas' inter-deployment gRPC server, which Ray
+    binds on every interface (docs/security.md, "Ray on this machine"). The dashboard is where
+    the deployer reaches Serve's REST API.
     """
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=settings.serving.ray_dashboard_port,
-        # Where Prometheus (and `serving_health`) read every replica's metrics in one scrape.
-        _metrics_export_port=settings.serving.ray_metrics_port,
-        _node_ip_address="127.0.0.1",
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+    _private_token_file(settings)
+    with _single_node():
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=settings.serving.ray_dashboard_port,
+            # Where Prometheus (and `serving_health`) read every replica's metrics in one scrape.
+            _metrics_export_port=settings.serving.ray_metrics_port,
+            _node_ip_address="127.0.0.1",
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
 
 
 class ServeApi:

@@ -116,7 +116,8 @@ CACHE = MetricSpec(
 ERRORS = MetricSpec(
     "fraudpipe_serve_errors",
     "counter",
-    "Requests that failed, by kind (validation, too_large, overloaded, stale_read, not_ready, internal).",
+    "Requests that failed, by kind "
+    "(validation, too_large, overloaded, unauthorized, stale_read, not_ready, online_unavailable, internal).",
     ("kind",),
 )
 SCORES = MetricSpec(

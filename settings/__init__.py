@@ -8,6 +8,7 @@ this package imports no framework, so a Ray Serve replica or a stream
 consumer loads only what it runs.
 """
 
+from settings.auth import ApiKeyGuard, ApiKeys, AuthSettings
 from settings.base import (
     PROFILES,
     PROJECT_ROOT,
@@ -25,6 +26,9 @@ from settings.stream import StreamSettings
 __all__ = [
     "PROFILES",
     "PROJECT_ROOT",
+    "ApiKeyGuard",
+    "ApiKeys",
+    "AuthSettings",
     "Device",
     "MonitoringSettings",
     "ProfileName",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from settings.auth import AuthSettings
 from settings.monitoring import MonitoringSettings
 from settings.promotion import PromotionSettings
 from settings.serving import ServingSettings
@@ -57,6 +58,11 @@ class Settings(BaseSettings):
     mlflow_pg_url: SecretStr | None = Field(None, description="prod: MLflow tracking and registry database")
     feast_pg_url: SecretStr | None = Field(None, description="prod: Feast registry database")
     dagster_pg_url: SecretStr | None = Field(None, description="prod: Dagster instance database")
+    pg_admin_url: SecretStr | None = Field(
+        None,
+        description="prod-init only: a PostgreSQL role that may create roles and databases; it gives "
+        "each service's role its own database and nothing else (never set for the services)",
+    )
     ray_address: str | None = Field(None, description="cluster: host:port of the Ray head")
     ray_auth_token: SecretStr | None = Field(
         None,
@@ -74,6 +80,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     promotion: PromotionSettings = PromotionSettings()
+    auth: AuthSettings = AuthSettings()
 
     @model_validator(mode="after")
     def _servers_of_the_profile(self) -> Settings:
@@ -105,10 +112,11 @@ class Settings(BaseSettings):
                         json.dumps(value) if isinstance(value, list | tuple | bool) else str(value)
                     )
 
-        fields = self.model_dump(mode="json", exclude={"ray_auth_token", "ray_auth_token_path"})
-        for name in SERVER_URLS:
-            secret = getattr(self, name)
-            fields[name] = secret.get_secret_value() if secret is not None else None
+        # Nor the PostgreSQL admin's URL: prod-init needs it, no child process ever does.
+        fields = self.model_dump(
+            mode="json", exclude={"ray_auth_token", "ray_auth_token_path", "pg_admin_url"}
+        )
+        _reveal_secrets(self, fields)
         fields["data_dir"] = str(self.data)
         put(ENV_PREFIX, fields)
         return env
@@ -161,6 +169,16 @@ class Settings(BaseSettings):
     @property
     def source_path(self) -> Path:
         return self.data / "source"
+
+
+def _reveal_secrets(model: BaseModel, dumped: dict[str, Any]) -> None:
+    """Put the values of `model`'s secrets, nested groups' included, in its JSON dump, in place of stars."""
+    for name in dumped:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr):
+            dumped[name] = value.get_secret_value()
+        elif isinstance(value, BaseModel):
+            _reveal_secrets(value, dumped[name])
 
 
 def _describe(error: ValidationError) -> str:

@@ -41,7 +41,33 @@ TOPICS = Topics(
 
 
 class DeliveryError(RuntimeError):
-    """The bus did not confirm every message sent since the last flush: the sender must send them again."""
+    """The bus did not confirm every message sent since the last flush: the sender must send them again.
+
+    `possibly_stored` says whether any of them may be on the bus all the same (some
+    confirmed, or a timeout after the bus had them): False only when none can be, so
+    a sender can promise "nothing was appended". Resending is safe either way: the
+    consumer lands each event id once.
+    """
+
+    def __init__(self, message: str, possibly_stored: bool = True) -> None:
+        super().__init__(message)
+        self.possibly_stored = possibly_stored
+
+
+class BusUnavailableError(RuntimeError):
+    """The bus's server did not answer (down, restarting, unreachable): a later try may succeed.
+
+    Nothing was committed: a consumer rewinds (`Consumer.rewind`) and retries, it does not exit.
+    """
+
+
+class BusDataLostError(RuntimeError):
+    """The bus no longer holds what it acknowledged: its consumer group or stream is gone.
+
+    A Redis restarted without persistence comes back empty, and a consumer that
+    recreated its group would read "lag 0" over the loss; this says so instead.
+    The consumer reports it (log and metric) and goes on with what the bus holds now.
+    """
 
 
 class CommitLostError(RuntimeError):
@@ -101,6 +127,14 @@ class Consumer(Protocol):
         Kafka commits a cursor per partition, so committing a message also
         commits every earlier one of its partition: commit batches in order.
         Raises `CommitLostError` when a rebalance took the partition meanwhile.
+        """
+        ...
+
+    def rewind(self) -> None:
+        """Forget what `poll` returned since the last commit: the next polls return it again.
+
+        After a failed batch (the bus or a sink down), so a consumer that retries
+        in-process handles those messages again instead of leaving them pending.
         """
         ...
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import confluent_kafka
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streaming.bus import CommitLostError, DeliveryError, Message
+from settings.stream import PLAINTEXT_KAFKA, KafkaSecurity
+from streaming.bus import BusUnavailableError, CommitLostError, DeliveryError, Message
 
 ADMIN_TIMEOUT_S = 15.0
 LOG = logging.getLogger("streaming.kafka")
@@ -23,6 +24,18 @@ REBALANCE_ERRORS = frozenset(
     {KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.UNKNOWN_MEMBER_ID}
 )
 """Commit refusals that only mean the group moved on: the batch comes again."""
+UNAVAILABLE_ERRORS = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._WAIT_COORD,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.REQUEST_TIMED_OUT,
+    }
+)
+"""Errors that mean the brokers did not answer: `BusUnavailableError`, retried by the consumer."""
 
 MOCK_CLUSTER_ID_PREFIX = "mockCluster"
 """librdkafka names its mock clusters so; they cannot create topics through the admin API."""
@@ -40,9 +53,12 @@ class KafkaProducer:
             {**config, "acks": "all", "enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4"}
         )
         self._failures: list[KafkaError] = []
+        self._delivered = 0
 
     def _on_delivery(self, error: KafkaError | None, _message: confluent_kafka.Message) -> None:
-        if error is not None:
+        if error is None:
+            self._delivered += 1
+        else:
             self._failures.append(error)
 
     def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
@@ -56,14 +72,29 @@ class KafkaProducer:
         self._producer.poll(0)
 
     def flush(self, timeout_s: float = 30) -> None:
+        """Wait for every queued message; on failure, none of them is left to be sent later.
+
+        Left queued, librdkafka would deliver them after the sender was told to resend:
+        messages not yet sent are purged, so they are certainly not stored; those already
+        sent may still be (`DeliveryError.possibly_stored`).
+        """
         undelivered = self._producer.flush(timeout_s)
+        if undelivered:
+            self._producer.purge(in_queue=True, in_flight=True)
+            self._producer.flush(0)  # the purged messages' delivery reports
         failures, self._failures = self._failures, []
+        delivered, self._delivered = self._delivered, 0
         if undelivered or failures:
+            possibly = delivered > 0 or any(error.code() not in NOT_STORED for error in failures)
             raise DeliveryError(
-                f"{undelivered} messages still queued after {timeout_s}s, {len(failures)} failed"
-                + (f" (first: {failures[0]})" if failures else "")
+                f"{undelivered} messages not delivered after {timeout_s}s, {len(failures)} failed"
+                + (f" (first: {failures[0]})" if failures else ""),
+                possibly_stored=possibly,
             )
 
+
+NOT_STORED = frozenset({KafkaError._PURGE_QUEUE})
+"""Delivery errors that prove a message was never stored: purged before it was sent."""
 
 POISON_ERRORS = frozenset(
     {
@@ -138,7 +169,20 @@ class KafkaConsumer:
     def _raise_deferred(self) -> None:
         if self._deferred_error is not None:
             error, self._deferred_error = self._deferred_error, None
-            raise KafkaException(error)
+            _raise(error)
+
+    def rewind(self) -> None:
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return
+        try:
+            committed = self._consumer.committed(assigned, timeout=ADMIN_TIMEOUT_S)
+        except KafkaException as exc:
+            _raise(exc.args[0])
+        for position in committed:
+            if position.offset < 0:  # nothing committed yet: from the start, as auto.offset.reset says
+                position = TopicPartition(position.topic, position.partition, OFFSET_BEGINNING)
+            self._consumer.seek(position)
 
     def commit(self, messages: Sequence[Message]) -> None:
         next_offsets: dict[tuple[str, int], int] = {}
@@ -152,14 +196,10 @@ class KafkaConsumer:
         try:
             committed = self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            if exc.args[0].code() in REBALANCE_ERRORS:
-                raise CommitLostError(str(exc.args[0])) from exc
-            raise
+            _raise(exc.args[0])
         errors = [part.error for part in committed or [] if part.error is not None]
         if errors:
-            if errors[0].code() in REBALANCE_ERRORS:
-                raise CommitLostError(str(errors[0]))
-            raise KafkaException(errors[0])
+            _raise(errors[0])
 
     def lag(self) -> int | None:
         # Every partition of the topic, not only this member's: a partition still held by a
@@ -197,6 +237,15 @@ class KafkaConsumer:
         self._consumer.close()
 
 
+def _raise(error: KafkaError) -> NoReturn:
+    """A client error as the bus's own where it has one: a rebalance, brokers not answering."""
+    if error.code() in REBALANCE_ERRORS:
+        raise CommitLostError(str(error))
+    if error.code() in UNAVAILABLE_ERRORS:
+        raise BusUnavailableError(f"Kafka did not answer: {error.str()}")
+    raise KafkaException(error)
+
+
 class KafkaBus:
     """Kafka behind the `EventBus` interface.
 
@@ -209,6 +258,7 @@ class KafkaBus:
             fetching instead of filling memory (librdkafka's default is 64 MiB). A soft cap:
             fetches already in flight still land (measured: 12 MB buffered for a 1 MiB cap
             over 4 partitions of 10 kB messages).
+        security: TLS and SASL of every client this bus makes (the default: plaintext).
     """
 
     def __init__(
@@ -217,9 +267,14 @@ class KafkaBus:
         partitions: int = 3,
         session_timeout_ms: int = 45_000,
         prefetch_kbytes: int = 8_192,
+        security: KafkaSecurity = PLAINTEXT_KAFKA,
     ) -> None:
         # librdkafka logs to stderr by default; through `logging`, they obey the process's log setup.
-        self._config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": LOG}
+        self._config: dict[str, Any] = {
+            **security.client_config(),
+            "bootstrap.servers": bootstrap_servers,
+            "logger": LOG,
+        }
         self._partitions = partitions
         self._session_timeout_ms = session_timeout_ms
         self._prefetch_kbytes = prefetch_kbytes

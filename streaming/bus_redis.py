@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from feature_repo.contract import MAX_FIELD_CHARS
-from streaming.bus import DeliveryError, Message
+from settings.stream import SYSTEM_REDIS_TLS, RedisTls
+from streaming.bus import BusDataLostError, BusUnavailableError, DeliveryError, Message
 
 VALUE = b"v"
 KEY = b"k"
@@ -36,6 +40,8 @@ class RedisStreamProducer:
     """
 
     def __init__(self, client: redis.Redis, prefix: str, maxlen: int | None, batch_size: int = 500) -> None:
+        # No retry: redis-py would send a pipeline again after a lost reply, storing it twice.
+        client.set_retry(Retry(NoBackoff(), 0))  # type: ignore[attr-defined]  # redis 7; stubs are older
         self._pipeline = client.pipeline(transaction=False)
         self._prefix = prefix
         self._maxlen = maxlen
@@ -48,12 +54,25 @@ class RedisStreamProducer:
             self.flush()
 
     def flush(self, timeout_s: float = 30) -> None:
-        """Store the pipelined entries; `timeout_s` is unused: redis-py's socket timeouts bound the wait."""
+        """Store the pipelined entries; `timeout_s` is unused: redis-py's socket timeouts bound the wait.
+
+        The connection is taken before anything is written, so a Redis that cannot be
+        reached fails with `possibly_stored=False`; a failure once the commands went out
+        may have stored some (a reply lost, a server that stalled and resumed).
+        """
+        if not len(self._pipeline):
+            return
+        try:
+            pipeline = self._pipeline
+            pipeline.connection = pipeline.connection or pipeline.connection_pool.get_connection()
+        except redis.RedisError as exc:
+            self._pipeline.reset()
+            raise DeliveryError(f"Redis did not store the batch: {exc}", possibly_stored=False) from exc
         try:
             self._pipeline.execute()
         except redis.RedisError as exc:
             # The pipeline is reset either way: some entries may be stored, the caller resends all.
-            raise DeliveryError(f"Redis did not store the batch: {exc}") from exc
+            raise DeliveryError(f"Redis did not store the whole batch: {exc}") from exc
 
 
 class RedisStreamConsumer:
@@ -87,13 +106,43 @@ class RedisStreamConsumer:
         self._polls = 0
         # Returned, not yet committed: XAUTOCLAIM would hand a slow batch back to its own consumer.
         self._in_flight: set[str] = set()
+        with self._answering():
+            self._create_group()
+
+    def _create_group(self) -> None:
         try:
-            client.xgroup_create(stream, group, id="0", mkstream=True)
+            self._client.xgroup_create(self._stream, self._group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    @contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Redis's errors as the bus's: down, `BusUnavailableError`; a vanished group, `BusDataLostError`."""
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BusUnavailableError(f"Redis did not answer for stream {self._stream}: {exc}") from exc
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The group was there (this consumer made or found it): Redis lost it, and what it acked.
+            self._create_group()
+            self.rewind()
+            raise BusDataLostError(
+                f"stream {self._stream}: consumer group {self._group} is gone, so Redis lost entries it "
+                "had acknowledged (restarted without persistence?); reading on from what it holds now"
+            ) from exc
+
+    def rewind(self) -> None:
+        self._history_cursor = b"0"
+        self._in_flight.clear()
+
     def poll(self, max_messages: int, timeout_s: float) -> list[Message]:
+        with self._answering():
+            return self._poll(max_messages, timeout_s)
+
+    def _poll(self, max_messages: int, timeout_s: float) -> list[Message]:
         while self._history_cursor is not None:
             entries = self._read(self._history_cursor, max_messages, block_ms=None)
             if not entries:
@@ -130,11 +179,14 @@ class RedisStreamConsumer:
         if not messages:
             return
         ids = [message.position for message in messages]
-        self._client.xack(self._stream, self._group, *ids)
+        with self._answering():
+            self._client.xack(self._stream, self._group, *ids)
         self._in_flight.difference_update(ids)
 
     def lag(self) -> int | None:
-        for group in self._client.xinfo_groups(self._stream):
+        with self._answering():
+            groups = self._client.xinfo_groups(self._stream)
+        for group in groups:
             if group["name"].decode() == self._group:
                 # `lag` is None when Redis cannot tell (entries deleted from the middle of the stream).
                 return None if group.get("lag") is None else int(group["lag"]) + int(group["pending"])
@@ -222,6 +274,10 @@ class RedisStreamBus:
             consumer takes it over from a dead one.
         claim_every_polls: how often a busy consumer looks for such entries (an idle one
             looks on every empty poll).
+        tls: the CA and client certificate of a `rediss://` URL.
+
+    Raises:
+        ValueError: `tls` has files but `url` is not `rediss://`.
     """
 
     def __init__(
@@ -231,19 +287,24 @@ class RedisStreamBus:
         maxlen: int | None = None,
         claim_min_idle_ms: int = 60_000,
         claim_every_polls: int = 10,
+        tls: RedisTls = SYSTEM_REDIS_TLS,
     ) -> None:
         self._url = url
+        self._client_options = tls.client_options(url)
         self._prefix = prefix
         self._maxlen = maxlen
         self._claim_min_idle_ms = claim_min_idle_ms
         self._claim_every_polls = claim_every_polls
 
+    def _client(self) -> redis.Redis:
+        return redis.Redis.from_url(self._url, **self._client_options)
+
     def producer(self) -> RedisStreamProducer:
-        return RedisStreamProducer(redis.Redis.from_url(self._url), self._prefix, self._maxlen)
+        return RedisStreamProducer(self._client(), self._prefix, self._maxlen)
 
     def consumer(self, topic: str, group: str, name: str) -> RedisStreamConsumer:
         return RedisStreamConsumer(
-            redis.Redis.from_url(self._url),
+            self._client(),
             self._prefix + topic,
             topic,
             group,

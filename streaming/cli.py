@@ -24,6 +24,7 @@ import typer
 
 from feature_repo.windows import FEATURE_GROUPS
 from settings import Settings, load_settings_or_exit
+from settings.logs import configure_logging
 
 if TYPE_CHECKING:  # the commands import them: `--help` and a bad setting need no Kafka, pandas or FastAPI
     from streaming.bus import EventBus
@@ -286,7 +287,11 @@ def push(
     bus = _bus_with_topics(stream)
     from streaming.http_push import create_app, serve
 
-    serve(create_app(bus, stream.topics()), host=host, port=settings.stream.push_port)
+    try:
+        api_keys = settings.auth.keys()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    serve(create_app(bus, stream.topics(), api_keys=api_keys), host=host, port=settings.stream.push_port)
 
 
 @app.command()
@@ -306,6 +311,4 @@ def broker() -> None:
 
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG.")) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    configure_logging(logging.DEBUG if verbose else logging.INFO, "%(asctime)s %(levelname)s %(message)s")

@@ -4,11 +4,16 @@ The bus is named by a URL whose scheme picks the backend, so switching Kafka
 for Redis Streams is a configuration change:
 
 * `kafka://host:9092,host2:9092`: a Kafka cluster;
-* `redis://host:6379/0`: Redis Streams;
+* `redis://host:6379/0`, or `rediss://` for TLS: Redis Streams;
 * `kafka-local:///path/broker.json`: the local profile's in-process Kafka
   (librdkafka's mock cluster), whose address its host process writes to that
   file (`python -m streaming broker`, or `consume` when no live process
   hosts one; the broker's data lives as long as its host process).
+
+How a server is reached securely is a setting, not part of the URL: the TLS and
+SASL of `kafka://` (`settings.stream.KafkaSecurity`; the in-process broker
+speaks plaintext only), the CA and client certificate of `rediss://`, for the
+bus and the online store alike (`settings.stream.RedisTls`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from urllib.parse import urlparse
 
 from feature_repo.online import EventBuffers, open_event_buffers
 from settings import Settings
+from settings.stream import KafkaSecurity, RedisTls
 from streaming.bus import TOPICS, EventBus, Topics
 from streaming.bus_kafka import KafkaBus
 from streaming.bus_redis import RedisStreamBus
@@ -42,10 +48,11 @@ class StreamConfig:
 
     Attributes:
         bus_url: the bus (see the module docstring for the schemes).
-        online_url: the online event buffers: `sqlite:///path.db` or `redis://...`.
+        online_url: the online event buffers: `sqlite:///path.db`, `redis://...` or `rediss://...`.
         landing_path: the lake's stream area (`streaming.landing`).
         topic_prefix / online_prefix / group / batch_size / session_timeout_ms /
             metrics_port / online_grace: `settings.StreamSettings`.
+        kafka_security / redis_tls: `settings.StreamSettings.kafka` / `.redis`.
     """
 
     bus_url: str
@@ -58,6 +65,8 @@ class StreamConfig:
     session_timeout_ms: int
     metrics_port: int
     online_grace: timedelta
+    kafka_security: KafkaSecurity
+    redis_tls: RedisTls
 
     @classmethod
     def from_settings(cls, settings: Settings, **changes: Any) -> StreamConfig:
@@ -75,6 +84,8 @@ class StreamConfig:
             session_timeout_ms=stream.session_timeout_ms,
             metrics_port=stream.metrics_port,
             online_grace=timedelta(hours=stream.online_grace_hours),
+            kafka_security=stream.kafka,
+            redis_tls=stream.redis,
         )
         return replace(config, **changes)
 
@@ -83,15 +94,17 @@ class StreamConfig:
 
     def bus(self) -> EventBus:
         url = urlparse(self.bus_url)
-        if url.scheme == "redis":
-            return RedisStreamBus(self.bus_url)
+        if url.scheme in ("redis", "rediss"):
+            return RedisStreamBus(self.bus_url, tls=self.redis_tls)
         if url.scheme == "kafka":
-            return KafkaBus(url.netloc, session_timeout_ms=self.session_timeout_ms)
+            return KafkaBus(
+                url.netloc, session_timeout_ms=self.session_timeout_ms, security=self.kafka_security
+            )
         if url.scheme == LOCAL_BROKER_SCHEME:
             return KafkaBus(self.local_broker_address(), session_timeout_ms=self.session_timeout_ms)
         # Only the scheme is echoed: a URL may carry a password.
         raise ValueError(
-            f"bus URL scheme {url.scheme!r}: expected kafka://, redis:// or {LOCAL_BROKER_SCHEME}://"
+            f"bus URL scheme {url.scheme!r}: expected kafka://, redis://, rediss:// or {LOCAL_BROKER_SCHEME}://"
         )
 
     @property
@@ -124,4 +137,6 @@ class StreamConfig:
         return StreamLanding(self.landing_path)
 
     def online(self) -> EventBuffers:
-        return open_event_buffers(self.online_url, prefix=self.online_prefix, grace=self.online_grace)
+        return open_event_buffers(
+            self.online_url, prefix=self.online_prefix, grace=self.online_grace, tls=self.redis_tls
+        )

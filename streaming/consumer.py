@@ -35,13 +35,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import pandas as pd
 
 from feature_repo.contract import MAX_EVENT_BYTES
+from feature_repo.online import OnlineStoreUnavailableError
 from settings import StreamSettings
-from streaming.bus import CommitLostError, Consumer, EventBus, Producer, Topics
+from streaming.bus import (
+    BusDataLostError,
+    BusUnavailableError,
+    CommitLostError,
+    Consumer,
+    DeliveryError,
+    EventBus,
+    Producer,
+    Topics,
+)
 from streaming.events import (
     MAX_FUTURE,
     Rejection,
@@ -56,6 +67,7 @@ from streaming.metrics import ConsumerMetrics
 from streaming.predictions import decode_prediction, predictions_to_frame
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class OnlineSink(Protocol):
@@ -204,6 +216,8 @@ class TopicConsumer:
     metrics: ConsumerMetrics
     clock: Callable[[], datetime] = _utc_now
     totals: Totals = field(default_factory=Totals)
+    rewind: bool = False
+    """A batch failed uncommitted: its messages are to be polled again before anything new."""
 
     @property
     def topic(self) -> str:
@@ -214,7 +228,20 @@ class TopicConsumer:
         return f"{self.settings.name}-{self.kind.table}"
 
     def step(self, timeout_s: float) -> Totals:
-        """Handle one micro-batch, waiting up to `timeout_s` for it; returns what it did."""
+        """Handle one micro-batch, waiting up to `timeout_s` for it; returns what it did.
+
+        On any error the batch is left uncommitted and marked for a rewind: the
+        next step polls it again first, so a retry in-process loses nothing.
+        """
+        if self.rewind:
+            self.consumer.rewind()
+            self.rewind = False
+        self.rewind = True
+        batch = self._step(timeout_s)
+        self.rewind = False
+        return batch
+
+    def _step(self, timeout_s: float) -> Totals:
         messages = self.consumer.poll(self.settings.batch_size, timeout_s)
         batch = Totals(messages=len(messages))
         if not messages:
@@ -305,6 +332,32 @@ class TopicConsumer:
         return status
 
 
+RETRIED: tuple[tuple[type[Exception], str], ...] = (
+    (BusUnavailableError, "bus"),
+    (DeliveryError, "bus"),
+    (OnlineStoreUnavailableError, "online_store"),
+    (OSError, "lake"),
+)
+"""What a consumer waits out, by cause: a server that does not answer, a full or failing disk."""
+RETRY_LOG_EVERY_S = 30.0
+"""While something stays down, how often the consumer says so again: once per interval, not per batch."""
+MAX_BACKOFF_S = 5.0
+
+
+def _retried_cause(exc: Exception) -> str | None:
+    return next((cause for kind, cause in RETRIED if isinstance(exc, kind)), None)
+
+
+@dataclass
+class _Outage:
+    """One stretch of failed batches: when it began, how many retries, when it was last logged."""
+
+    cause: str
+    started: float
+    retries: int = 0
+    logged: float = float("-inf")
+
+
 class StreamConsumer:
     """Consumes every event kind from one process, alternating between topics batch by batch.
 
@@ -334,6 +387,7 @@ class StreamConsumer:
         self.settings = settings or ConsumerSettings()
         self.metrics = metrics or ConsumerMetrics()
         self._online = online
+        self._outages: dict[str, _Outage] = {}  # by topic (or "status"): one stretch of failures each
         bus.ensure_topics(topics.names())
         producer = bus.producer()
         self._topic_consumers = [
@@ -382,14 +436,17 @@ class StreamConsumer:
             timeout_s = 0.0 if busy else self.settings.poll_timeout_s / len(self._topic_consumers)
             busy = False
             for tc in self._topic_consumers:
-                batch = tc.step(timeout_s)
-                if batch.messages:
+                batch = self._retrying(tc.topic, stop, partial(tc.step, timeout_s))
+                if batch is None:
+                    busy = True
+                elif batch.messages:
                     busy = True
                     if on_batch is not None:
                         on_batch(tc.kind.table, batch)
             now = time.monotonic()
             if now - last_report >= self.settings.status_every_s:
-                self._report()
+                if self._retrying("status", stop, self._report) is None:
+                    continue
                 last_report = now
             if busy:
                 idle_since = None
@@ -402,6 +459,53 @@ class StreamConsumer:
                     break
         self._report()
         return self.totals
+
+    def _retrying(self, topic: str, stop: threading.Event, work: Callable[[], _T]) -> _T | None:
+        """`work()`, or None after waiting out a failure that a retry may cure (`RETRIED`).
+
+        The failed batch stays uncommitted and is polled again, so an outage of the
+        bus, the online store or the lake costs time, never events: the consumer
+        waits with backoff instead of exiting, and logs once per `RETRY_LOG_EVERY_S`.
+        A bus found without what it acknowledged (`BusDataLostError`) is reported
+        as an error and counted, and reading goes on from what the bus holds now.
+        """
+        try:
+            result = work()
+        except BusDataLostError as exc:
+            log.error("%s: %s", topic, exc)
+            self.metrics.data_lost.labels(topic).inc()
+            return None
+        except Exception as exc:
+            cause = _retried_cause(exc)
+            if cause is None:
+                raise
+            self._wait_out(topic, cause, exc, stop)
+            return None
+        if (outage := self._outages.pop(topic, None)) is not None:
+            log.warning(
+                "%s: %s answered again after %.1f s (%d batches retried, none lost)",
+                topic,
+                outage.cause,
+                time.monotonic() - outage.started,
+                outage.retries,
+            )
+        return result
+
+    def _wait_out(self, topic: str, cause: str, exc: Exception, stop: threading.Event) -> None:
+        now = time.monotonic()
+        outage = self._outages.setdefault(topic, _Outage(cause, now))
+        outage.retries += 1
+        self.metrics.retries.labels(topic, cause).inc()
+        if now - outage.logged >= RETRY_LOG_EVERY_S:
+            log.warning(
+                "%s: %s unavailable for %.0f s, retrying (nothing committed, nothing lost): %s",
+                topic,
+                cause,
+                now - outage.started,
+                exc,
+            )
+            outage.logged = now
+        stop.wait(min(0.1 * 2 ** min(outage.retries, 10), MAX_BACKOFF_S))
 
     def _report(self) -> list[ConsumerStatus]:
         """Publish statuses, and drop online events that no read can need any more (bounded Redis memory)."""

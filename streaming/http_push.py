@@ -5,14 +5,15 @@ lets in nothing the stream would dead-letter, and ``202`` is answered only
 after the producer's flush, so it means what a flushed producer means: the
 events are durably on the bus. A batch is all or nothing: a ``422`` names every
 bad event and appends none, so a client fixes those and resends the same batch
-without tracking which events went through. A ``503`` (bus failure, or too many
-requests in flight) means "resend later": some events of a batch whose flush
-failed may still have landed, which is the bus's at-least-once contract, and
-the consumer lands events idempotently by id.
+without tracking which events went through. A ``503`` (bus unreachable, or too
+many requests in flight) means "resend later" and that nothing of the batch was
+appended, nor will be: the producer keeps nothing queued to send afterwards. A
+``504`` means the bus did not confirm in time after it may have stored some
+events; resending is safe too, as the consumer lands each event id once.
 
-The endpoint has no authentication, which is why :func:`serve` binds to the
-loopback interface unless told otherwise: exposing it is a deliberate step
-(behind a proxy that authenticates), not a default.
+Without API keys (`settings.AuthSettings`) the endpoint is open, which is why
+:func:`serve` binds to the loopback interface unless told otherwise; with keys,
+every request but `/healthz` needs `Authorization: Bearer <key>`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from settings import ApiKeyGuard, ApiKeys
 from streaming.bus import DeliveryError, EventBus, Producer, Topics
 from streaming.events import (
     MAX_FUTURE,
@@ -57,7 +59,7 @@ Keyed = tuple[bytes, bytes]
 """(key, canonical payload) of one valid event, ready for `Producer.send`."""
 Canonicaliser = Callable[[bytes, datetime, timedelta], Keyed | Rejection]
 
-_PUSH_STATUSES = (202, 413, 422, 500, 503)
+_PUSH_STATUSES = (202, 401, 413, 422, 500, 503, 504)
 """Every status a push endpoint answers."""
 _TRANSACTIONS_PATH = "/v1/transactions"
 _REPORTS_PATH = "/v1/fraud_reports"
@@ -262,6 +264,11 @@ class _Metrics:
         self.requests = Counter(
             "http_push_requests", "Push requests answered.", ["path", "status"], registry=self.registry
         )
+        self.unauthorized = Counter(
+            "http_push_unauthorized",
+            "Requests refused (401) for a missing or unknown API key.",
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "http_push_request_seconds",
             "Push request latency, from the request reaching the app to its answer.",
@@ -289,6 +296,7 @@ def create_app(
     flush_timeout_s: float = FLUSH_TIMEOUT_S,
     retry_after_s: int = RETRY_AFTER_S,
     max_future: timedelta = MAX_FUTURE,
+    api_keys: ApiKeys | None = None,
 ) -> FastAPI:
     """The push endpoints in front of `bus`, appending to the `topics` the stream consumer reads.
 
@@ -302,6 +310,7 @@ def create_app(
         flush_timeout_s: How long one batch may wait for the bus before the answer is 503.
         retry_after_s: The `Retry-After` of every 503.
         max_future: Clock skew allowed to event timestamps, as for the stream consumer.
+        api_keys: The keys every request but `/healthz` must bear; None: open (loopback default).
     """
     appender = _Appender(bus, flush_timeout_s)
     slots = _Slots(max_in_flight)
@@ -348,7 +357,17 @@ def create_app(
         try:
             await asyncio.wrap_future(job)
         except DeliveryError as exc:
-            return unavailable(f"the bus did not confirm the batch, resend it: {exc}")
+            if not exc.possibly_stored:
+                return unavailable("the bus is unavailable: nothing was appended, resend the batch later")
+            # Some events may be on the bus: not a 503, which promises that none is.
+            return JSONResponse(
+                {
+                    "detail": "the bus did not confirm the whole batch in time: some events may be on "
+                    "it; resend the batch (the consumer lands each event id once)"
+                },
+                status_code=504,
+                headers={"Retry-After": str(retry_after_s)},
+            )
         metrics.accepted.labels(topic).inc(len(events))
         return JSONResponse({"accepted": len(events)}, status_code=202)
 
@@ -382,9 +401,11 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    if api_keys is not None:
+        app.add_middleware(ApiKeyGuard, keys=api_keys, on_refused=metrics.unauthorized.inc)
     return app
 
 
 def serve(app: FastAPI, host: str, port: int) -> None:
-    """Run `app` until interrupted; loopback by default, since the endpoint does not authenticate."""
+    """Run `app` until interrupted; loopback by default, since without API keys it is open."""
     uvicorn.run(app, host=host, port=port)

@@ -60,6 +60,20 @@ class ConsumerMetrics:
             registry=self.registry,
         )
 
+        self.retries = Counter(
+            "fraudpipe_stream_retried_batches",
+            "Batches given up uncommitted and retried because something did not answer, by cause: "
+            "bus, online_store, lake (disk full, I/O error).",
+            ["topic", "cause"],
+            registry=self.registry,
+        )
+        self.data_lost = Counter(
+            "fraudpipe_stream_bus_data_lost",
+            "Times the bus was found without what it had acknowledged (its consumer group gone).",
+            ["topic"],
+            registry=self.registry,
+        )
+
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose /metrics on `host:port` from a daemon thread; loopback unless configured otherwise."""
         start_http_server(port, addr=host, registry=self.registry)

@@ -4,6 +4,7 @@ name a host, a path or a URL with a password."""
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from feature_repo.online import open_event_buffers
+from feature_repo.online import RedisEventBuffers, open_event_buffers
 from modeling.registry import ModelRegistry
 from serving.api import build_api
 from serving.metrics import ServingMetrics
@@ -99,3 +100,23 @@ def test_readiness_points_to_the_log_instead_of_quoting_the_store(
     assert detail.startswith("online store unreachable (error ") and "s3cret" not in detail
     error_id = detail.split("error ", 1)[1].split(" ", 1)[0]
     assert any(error_id in r.getMessage() and SECRET in r.exc_text for r in caplog.records if r.exc_text)
+
+
+@pytest.mark.integration
+def test_an_online_store_that_does_not_answer_is_a_503_never_a_cold_start_score(
+    service: ScoringService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real Redis client on a port nobody listens on: no score from missing features, a reason, a retry."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = RedisEventBuffers(f"redis://127.0.0.1:{port}/0?socket_connect_timeout=0.5")
+    monkeypatch.setattr(service, "_online", down)
+    monkeypatch.setattr(service, "_serving", _Loaded())
+    with TestClient(build_api(service), raise_server_exceptions=False) as client:
+        for path, body in (("/v1/score", BODY), ("/v1/score/batch", {"transactions": [BODY]})):
+            answer = client.post(path, json=body)
+            assert answer.status_code == 503, (path, answer.text)
+            assert answer.json()["detail"].startswith("the online store did not answer")
+            assert answer.headers["retry-after"] == str(ServingConfig().retry_after_s)
+            assert str(port) not in answer.text

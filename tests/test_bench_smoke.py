@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import autoscale, capacity, model_quality, monitoring, serve, training_set
+from bench import autoscale, capacity, chaos, model_quality, monitoring, serve, training_set
 from bench.common import run_in_child
 from bench.results import MEASURED, fingerprint, read_stamp
 from simulator import simulate
@@ -167,3 +167,14 @@ def test_capacity_bench_counts_every_event_once(capsys: pytest.CaptureFixture[st
     # Memory agreement is not asserted: tests beside this one write to the same Redis meanwhile.
     (landed_once, _), _, (nothing_left, _) = result.checks
     assert landed_once and nothing_left, result.checks
+
+
+@pytest.mark.integration
+def test_chaos_bench_counts_every_fault_case(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cases = chaos.main(["--quick", "--results", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert_stamped_result(tmp_path, "chaos", printed)
+    assert [case.passed for case in cases] == [True, True, True], printed
+    outage, _emptied, store = cases
+    assert outage.lost == store.lost == 0  # the emptied bus may lose; that case passes by reporting it
+    assert all(case.acked > 0 and case.duplicated == 0 for case in cases)

@@ -13,9 +13,11 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata, resources
@@ -28,6 +30,7 @@ import kubernetes_validate
 import pytest
 import ray
 import yaml
+from dagster_k8s.utils import get_common_labels
 from pydantic import AliasChoices, BaseModel
 from ray.serve.schema import ServeDeploySchema
 from referencing import Registry, Resource
@@ -40,8 +43,10 @@ from infra.k8s_manifests import OUT_DIR, render_all
 from modeling.registry import Deployment
 from serving import deploy
 from settings import Settings
+from settings.base import SERVER_URLS
 from streaming.config import StreamConfig
-from tests.conftest import local_settings
+from tests.conftest import local_settings, needs_tool
+from tests.ray_cluster import free_port
 
 K8S_VERSION = "1.30.0"
 SCHEMAS = OUT_DIR / "schemas"
@@ -54,8 +59,9 @@ MANIFESTS = (
     "kafka-topics.yaml",
     "prod-init.yaml",
     "rayservice.yaml",
+    "network-policies.yaml",
 )
-CORE_API_VERSIONS = {"v1", "apps/v1", "batch/v1"}
+CORE_API_VERSIONS = {"v1", "apps/v1", "batch/v1", "networking.k8s.io/v1"}
 # The Dagster chart's schema points at these Kubernetes definitions by URL.
 K8S_DEFINITIONS_URL = (
     "https://raw.githubusercontent.com/yannh/kubernetes-json-schema/master/v1.19.0/_definitions.json"
@@ -123,7 +129,7 @@ def test_core_objects_validate_against_kubernetes_schemas() -> None:
             if doc["apiVersion"] in CORE_API_VERSIONS:
                 validate_k8s(doc)
                 checked.add(doc["kind"])
-    assert checked == {"Namespace", "PersistentVolumeClaim", "Service", "StatefulSet", "Job"}
+    assert checked == {"Namespace", "PersistentVolumeClaim", "Service", "StatefulSet", "Job", "NetworkPolicy"}
 
 
 def test_core_validation_refuses_an_unknown_field() -> None:
@@ -326,6 +332,410 @@ def test_dagster_pods_join_the_rayservice_cluster_with_its_token() -> None:
     ]
 
 
+# --- Network policies: evaluated as Kubernetes would, over the labels the pods really carry ---
+
+Pod = tuple[str, dict[str, str]]
+"""A pod as a NetworkPolicy sees it: its namespace and its labels."""
+EVERY_PORT = None
+RAY_PORT = 41_234
+"""A port Ray picks at random (raylet, object manager, worker): no policy names it."""
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, "the evaluator knows matchLabels only"
+    return all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items())
+
+
+def peer_matches(peer: dict[str, Any], policy_namespace: str, source: Pod) -> bool:
+    namespace, labels = source
+    if "namespaceSelector" in peer:
+        # Kubernetes labels every namespace with its name (kubernetes.io/metadata.name).
+        if not selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace}):
+            return False
+    elif namespace != policy_namespace:
+        return False
+    return selects(peer.get("podSelector", {}), labels)
+
+
+def admits(policies: list[dict[str, Any]], source: Pod, target: Pod, port: int) -> bool:
+    """Whether `source` may open a TCP connection to `target`'s `port` (NetworkPolicy semantics:
+    a pod no ingress policy selects takes everything; one that some select takes what one of them allows)."""
+    namespace, labels = target
+    selecting = [
+        policy
+        for policy in policies
+        if policy["metadata"]["namespace"] == namespace
+        and "Ingress" in policy["spec"]["policyTypes"]
+        and selects(policy["spec"]["podSelector"], labels)
+    ]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress", []):
+            ports = rule.get("ports")
+            if ports is not None and not any(p["port"] == port and p["protocol"] == "TCP" for p in ports):
+                continue
+            peers = rule.get("from")
+            if peers is None or any(peer_matches(peer, namespace, source) for peer in peers):
+                return True
+    return False
+
+
+def template_labels(name: str, kind: str) -> dict[str, str]:
+    (doc,) = [doc for doc in documents(name) if doc["kind"] == kind]
+    return dict(doc["spec"]["template"]["metadata"]["labels"])
+
+
+def cluster_pods() -> dict[str, Pod]:
+    """Every pod the policies are about, with the labels it carries once running.
+
+    Ours come from the rendered templates; KubeRay adds `ray.io/*` to the Ray pods
+    (`ray-operator/controllers/ray/utils/constant.go`); the Dagster chart's pods carry its
+    selector labels and `component` (`helm/dagster/templates/deployment-webserver.yaml`,
+    `deployment-daemon.yaml`, `charts/dagster-user-deployments/templates/deployment-user.yaml`);
+    run pods what dagster-k8s gives them (`get_common_labels`, component `run_worker`: the labels
+    of a real launch are checked in tests/test_k8s_run_launcher.py); Strimzi's brokers its
+    node-pool labels. The rest are strangers that must get nothing.
+    """
+    ns = SETTINGS.namespace
+    head, worker = ray_pod_templates(rayservice())[:2]
+    kuberay = {"ray.io/cluster": "fraudpipe-raycluster-x7k2p", "ray.io/is-ray-node": "yes"}
+    chart = {"app.kubernetes.io/name": "dagster", "app.kubernetes.io/instance": "dagster"}
+    webserver = {**chart, "component": "dagster-webserver"}
+    return {
+        "ray-head": (ns, {**head["metadata"]["labels"], **kuberay, "ray.io/node-type": "head"}),
+        "ray-worker": (
+            ns,
+            {**worker["metadata"]["labels"], **kuberay, "ray.io/node-type": "worker", "ray.io/group": "cpu"},
+        ),
+        "webserver": (ns, webserver),
+        "daemon": (ns, {**chart, "component": "dagster-daemon", "deployment": "daemon"}),
+        "code-location": (
+            ns,
+            {
+                "app.kubernetes.io/name": "dagster-user-deployments",
+                "app.kubernetes.io/instance": "dagster",
+                "component": "user-deployments",
+                "deployment": "fraudpipe",
+            },
+        ),
+        "run": (
+            ns,
+            {
+                **get_common_labels(),
+                "app.kubernetes.io/component": "run_worker",
+                "dagster/job": "retraining_job",
+            },
+        ),
+        "prod-init": (ns, template_labels("prod-init.yaml", "Job")),
+        "postgresql": (ns, template_labels("postgresql.yaml", "StatefulSet")),
+        "redis": (ns, template_labels("redis.yaml", "StatefulSet")),
+        "stream-consumer": (ns, {**SETTINGS.labels, "app.kubernetes.io/component": "stream"}),
+        "kafka": (
+            SETTINGS.kafka_namespace,
+            {
+                "strimzi.io/cluster": SETTINGS.kafka_cluster,
+                "strimzi.io/kind": "Kafka",
+                "strimzi.io/name": f"{SETTINGS.kafka_cluster}-kafka",
+                "strimzi.io/pool-name": "brokers",
+                "strimzi.io/broker-role": "true",
+            },
+        ),
+        "ingress-controller": (
+            SETTINGS.ingress_namespace,
+            {"app.kubernetes.io/name": "ingress-nginx", "app.kubernetes.io/component": "controller"},
+        ),
+        "prometheus": (SETTINGS.monitoring_namespace, {"app.kubernetes.io/name": "prometheus"}),
+        "kuberay-operator": (
+            SETTINGS.kuberay_namespace,
+            {"app.kubernetes.io/name": "kuberay-operator", "app.kubernetes.io/component": "kuberay-operator"},
+        ),
+        "grafana": (SETTINGS.monitoring_namespace, {"app.kubernetes.io/name": "grafana"}),
+        "debug-pod": (ns, {"run": "debug"}),
+        "webserver-elsewhere": ("other-team", webserver),
+        "prometheus-elsewhere": ("other-team", {"app.kubernetes.io/name": "prometheus"}),
+    }
+
+
+LISTENS = {
+    "ray-head": (6379, 8265, 10001, 8000, 8080, RAY_PORT),
+    "ray-worker": (8000, 8080, RAY_PORT),
+    "webserver": (80,),
+    "daemon": (RAY_PORT,),
+    "code-location": (3030, RAY_PORT),
+    "run": (RAY_PORT,),
+    "prod-init": (RAY_PORT,),
+    "postgresql": (5432,),
+    "redis": (6379,),
+    "stream-consumer": (9464, RAY_PORT),
+    "kafka": (9092,),
+}
+"""What each pod of ours listens on (RAY_PORT: any port Ray or a driver picks)."""
+
+RAY = ("ray-head", "ray-worker")
+DRIVERS = ("run", "code-location")
+EXPECTED: dict[tuple[str, str], tuple[int, ...] | None] = {
+    **{("ingress-controller", ray): (8000,) for ray in RAY},
+    ("kuberay-operator", "ray-head"): (8265, 8000),
+    **{("prometheus", ray): (8080,) for ray in RAY},
+    **{(source, ray): EVERY_PORT for ray in RAY for source in (*RAY, *DRIVERS)},
+    **{(ray, driver): EVERY_PORT for ray in RAY for driver in DRIVERS},
+    ("webserver", "code-location"): (3030,),
+    ("daemon", "code-location"): (3030,),
+    **{
+        (client, "postgresql"): (5432,)
+        for client in ("webserver", "daemon", "code-location", "run", "prod-init", *RAY)
+    },
+    **{(client, "redis"): (6379,) for client in (*RAY, "stream-consumer")},
+    **{(client, "kafka"): (9092,) for client in (*RAY, "stream-consumer")},
+}
+"""Every connection the namespace takes: (from, to) -> ports (EVERY_PORT: all). Nothing else gets in."""
+
+
+def network_policies() -> list[dict[str, Any]]:
+    return documents("network-policies.yaml")
+
+
+def reachable(policies: list[dict[str, Any]]) -> dict[tuple[str, str], set[int]]:
+    pods = cluster_pods()
+    return {
+        (source, target): {port for port in ports if admits(policies, pods[source], pods[target], port)}
+        for source in pods
+        for target, ports in LISTENS.items()
+    }
+
+
+def test_network_policies_let_in_exactly_the_expected_connections() -> None:
+    """The policy matrix, as Kubernetes evaluates it over the pods' real labels: a pod that is not
+    a listed client, or is one with the right labels in the wrong namespace, gets nothing."""
+    wrong = {}
+    for (source, target), ports in reachable(network_policies()).items():
+        expected = EXPECTED.get((source, target), ())
+        wanted = set(LISTENS[target]) if expected is EVERY_PORT else set(expected)
+        if ports != wanted:
+            wrong[f"{source} -> {target}"] = {"allowed": sorted(ports), "expected": sorted(wanted)}
+    assert not wrong, wrong
+
+
+def test_the_namespace_denies_ingress_by_default() -> None:
+    (deny,) = [policy for policy in network_policies() if not policy["spec"].get("ingress")]
+    assert deny["metadata"]["namespace"] == SETTINGS.namespace
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    # A pod of the namespace that no allow names (the webserver) is closed to everyone.
+    assert not any(reachable(network_policies())[(source, "webserver")] for source in cluster_pods())
+
+
+def test_the_ray_dashboard_is_not_exposed_outside_the_ray_cluster() -> None:
+    """8265 answers the KubeRay operator (which deploys serveConfigV2 through it) and the pods that hold
+    the cluster's token anyway (Ray pods, the Dagster pods that are its drivers); no Service of ours or
+    KubeRay's is a NodePort or LoadBalancer, and KubeRay creates no Ingress."""
+    to_dashboard = {
+        source
+        for (source, target), ports in reachable(network_policies()).items()
+        if target == "ray-head" and 8265 in ports
+    }
+    assert to_dashboard == {"kuberay-operator", *RAY, *DRIVERS}
+    cluster = rayservice()["spec"]["rayClusterConfig"]
+    assert cluster["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
+    assert not cluster["headGroupSpec"].get("enableIngress", False)
+    assert (
+        rayservice()["spec"].get("serveService", {}).get("spec", {}).get("type", "ClusterIP") == "ClusterIP"
+    )
+    for name in MANIFESTS:
+        for doc in documents(name):
+            if doc["kind"] == "Service":
+                assert doc["spec"]["type"] == "ClusterIP", doc["metadata"]["name"]
+
+
+def test_the_policies_name_the_pods_by_the_labels_they_carry() -> None:
+    """Each allow's destination is a pod of ours (a selector matching nothing would leave it closed)."""
+    pods = cluster_pods()
+    for policy in network_policies():
+        namespace = policy["metadata"]["namespace"]
+        matched = [
+            name
+            for name, (pod_namespace, labels) in pods.items()
+            if pod_namespace == namespace and selects(policy["spec"]["podSelector"], labels)
+        ]
+        assert matched, policy["metadata"]["name"]
+
+
+ENV_SECRET_URLS = {
+    "bus": "kafka://fraudpipe-kafka-kafka-bootstrap:9092",
+    "online": "redis://:pw@fraudpipe-redis:6379/0",
+    "mlflow": "postgresql+psycopg://fraudpipe_mlflow:pw@fraudpipe-postgresql:5432/fraudpipe_mlflow",
+    "feast": "postgresql+psycopg://fraudpipe_feast:pw@fraudpipe-postgresql:5432/fraudpipe_feast",
+    "dagster": "postgresql+psycopg2://fraudpipe_dagster:pw@fraudpipe-postgresql:5432/fraudpipe_dagster",
+}
+"""The env Secret's URLs, as the README has them: each service its own role."""
+
+
+def test_serve_proxies_bind_the_pod_network_on_kubernetes_and_loopback_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every node's proxy answers on its pod IP (KubeRay's serve Service picks any node); the local and
+    prod profiles keep 127.0.0.1; and the Serve config the `deployment` asset patches in from a Dagster
+    run pod binds like the rendered one, or a patch would take the proxies off the pod network."""
+    serve = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])
+    assert serve["proxy_location"] == "EveryNode"
+    assert serve["http_options"]["host"] == "0.0.0.0"
+    assert deploy.serve_config(local_settings(tmp_path))["http_options"]["host"] == "127.0.0.1"
+    prod = Settings.model_construct(profile="prod", data_dir=tmp_path)
+    assert deploy.serve_config(prod)["http_options"]["host"] == "127.0.0.1"
+
+    for name in [name for name in os.environ if name.startswith("FRAUDPIPE_")]:
+        monkeypatch.delenv(name)
+    for name in SERVER_URLS:  # from the env Secret in the pod
+        monkeypatch.setenv(f"FRAUDPIPE_{name.upper()}", ENV_SECRET_URLS[name.split("_")[0]])
+    for variable in values()["runLauncher"]["config"]["k8sRunLauncher"]["envVars"]:
+        monkeypatch.setenv(*variable.split("=", 1))
+    run_pod = Settings(_env_file=None)
+    patched = deploy.serve_config(run_pod, Deployment(champion="7", challenger=None))
+    assert patched["http_options"] == serve["http_options"]
+
+
+# --- Secrets stay off command lines: argv is world-readable (`ps`, /proc/<pid>/cmdline) ---
+
+SECRET_VARIABLE = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|AUTH|CREDENTIAL|_URL$", re.IGNORECASE)
+REFERENCE = re.compile(r"\$\(?\{?([A-Za-z_][A-Za-z0-9_]*)")
+SECRET_FLAG = re.compile(r"^--?[\w-]*(pass|password|passwd|auth|token|secret)(=|$)", re.IGNORECASE)
+REDIS_CLI_AUTH = re.compile(r"redis-cli\b[^;&|]*\s-a(\s|$)")
+URL_PASSWORD = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
+
+
+def command_lines(obj: Any) -> Iterator[tuple[list[str], set[str]]]:
+    """Every argv a manifest or the chart's values start, with the container's secret-fed variables:
+    containers' command and args, exec probes and hooks, Ray's start parameters (KubeRay passes
+    them to `ray start`), the code server's `dagster api grpc` arguments."""
+    if isinstance(obj, dict):
+        for key in ("containers", "initContainers"):
+            for container in obj.get(key, []) if isinstance(obj.get(key), list) else []:
+                secret_fed = {
+                    var["name"]
+                    for var in container.get("env", [])
+                    if "secretKeyRef" in var.get("valueFrom", {})
+                }
+                yield [*container.get("command", []), *container.get("args", [])], secret_fed
+                handlers = [
+                    container.get(probe, {}) for probe in ("readinessProbe", "livenessProbe", "startupProbe")
+                ]
+                handlers += list(container.get("lifecycle", {}).values())
+                for handler in handlers:
+                    if "exec" in handler:
+                        yield handler["exec"]["command"], secret_fed
+        if isinstance(obj.get("rayStartParams"), dict):
+            yield [f"--{key}={value}" for key, value in obj["rayStartParams"].items()], set()
+        for key in ("dagsterApiGrpcArgs", "codeServerArgs"):
+            if isinstance(obj.get(key), list):
+                yield obj[key], set()
+        for value in obj.values():
+            yield from command_lines(value)
+    elif isinstance(obj, list):
+        for item in obj:
+            yield from command_lines(item)
+
+
+def secrets_on_the_command_line(argv: list[str], secret_fed: set[str]) -> list[str]:
+    """What in `argv` would put a secret on a command line (a Kubernetes `$(VAR)` is expanded into
+    argv itself; a shell's `$VAR` into the argv of what the shell runs)."""
+    found = []
+    for arg in map(str, argv):
+        for name in REFERENCE.findall(arg):
+            if name in secret_fed or SECRET_VARIABLE.search(name):
+                found.append(f"{arg!r} expands ${name}")
+        if SECRET_FLAG.match(arg):
+            found.append(f"{arg!r} is a password flag")
+        if URL_PASSWORD.search(arg):
+            found.append(f"{arg!r} holds a URL with a password")
+    # Over the whole line: `redis-cli -a` as separate arguments or inside a shell script.
+    if REDIS_CLI_AUTH.search(" ".join(map(str, argv))):
+        found.append("redis-cli -a takes the password as an argument")
+    return found
+
+
+def test_no_secret_reaches_a_command_line() -> None:
+    checked = 0
+    for name in (*MANIFESTS, VALUES):
+        for doc in documents(name):
+            for argv, secret_fed in command_lines(doc):
+                checked += 1
+                assert not secrets_on_the_command_line(argv, secret_fed), (name, argv)
+    assert checked >= 8  # containers, init container, probes, Ray's parameters, the code server
+
+
+def test_the_secret_check_recognises_secrets_on_a_command_line() -> None:
+    redis_env = {"REDIS_PASSWORD"}
+    for argv, secret_fed in [
+        (["--appendonly", "yes", "--requirepass", "$(REDIS_PASSWORD)"], redis_env),
+        (["sh", "-c", 'redis-cli -a "$REDIS_PASSWORD" --no-auth-warning ping'], redis_env),
+        (["redis-cli", "-a", "hunter2", "ping"], set()),
+        (["app", "--db", "postgresql://postgres:hunter2@db:5432/x"], set()),
+        (["app", "--db", "$(FRAUDPIPE_MLFLOW_PG_URL)"], set()),
+        (["ray", "start", "--redis-password=hunter2"], set()),
+        (["app", "--key=$(API_KEY)"], {"API_KEY"}),
+    ]:
+        assert secrets_on_the_command_line(argv, secret_fed), argv
+    # What is not a secret: the code server's `-a <attribute>`, a shell's command substitution.
+    assert not secrets_on_the_command_line(["-m", "orchestration.definitions", "-a", "defs"], set())
+    assert not secrets_on_the_command_line(["sh", "-c", 'test "$(redis-cli ping)" = PONG'], set())
+
+
+@needs_tool(shutil.which("redis-server") is not None, "redis-server (Debian's redis-server)")
+def test_redis_runs_as_rendered_with_its_password_on_no_command_line(tmp_path: Path) -> None:
+    """The rendered Redis containers, run here: the init script turns the Secret's file into the
+    included `requirepass`, the server then refuses a client without the password, the readiness
+    probe answers through REDISCLI_AUTH, and the password is in no process's argv."""
+    _, stateful_set = documents("redis.yaml")
+    spec = stateful_set["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    (server,) = spec["containers"]
+    mounts = {mount["name"]: mount["mountPath"] for mount in [*init["volumeMounts"], *server["volumeMounts"]]}
+    here = {mounts["secret"]: str(tmp_path / "secret"), mounts["auth"]: str(tmp_path / "auth")}
+
+    def local(text: str) -> str:
+        for path, replacement in here.items():
+            text = text.replace(path, replacement)
+        return text
+
+    for directory in here.values():
+        Path(directory).mkdir()
+    password = 'pass "with\\ quotes" and spaces'
+    (tmp_path / "secret" / "password").write_text(password)
+    subprocess.run([local(arg) for arg in init["command"]], check=True, timeout=30)
+
+    port = free_port()
+    args = [local(arg) for arg in server["args"]]
+    command = ["redis-server", *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    server_process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        probe = server["readinessProbe"]["exec"]["command"]
+        probe_env = {**os.environ, "REDISCLI_AUTH": password}
+        wrong_env = {**probe_env, "REDISCLI_AUTH": "wrong"}
+
+        def probe_passes(env: dict[str, str]) -> bool:
+            # The probe runs in the pod on Redis's default port; here the server listens on a free one.
+            script = probe[2].replace("redis-cli", f"redis-cli -p {port}")
+            return subprocess.run([*probe[:2], script], env=env, timeout=30, check=False).returncode == 0
+
+        for _ in range(100):
+            if probe_passes(probe_env):
+                break
+            time.sleep(0.1)
+        assert probe_passes(probe_env)
+        assert not probe_passes(wrong_env), "the probe must fail without the password"
+        refused = subprocess.run(
+            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert "NOAUTH" in refused.stdout + refused.stderr
+        for argv in (command, init["command"], probe):
+            assert password not in " ".join(argv)
+        cmdline = Path(f"/proc/{server_process.pid}/cmdline").read_bytes().decode(errors="replace")
+        assert password not in cmdline
+    finally:
+        server_process.terminate()
+        server_process.wait(timeout=30)
+
+
 RAY_OWN = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
 """Ray's own token variables: Ray reads them itself (the settings read RAY_AUTH_TOKEN too)."""
 
@@ -429,6 +839,12 @@ def test_chart_schema_refuses_typos_and_incomplete_deployments(
     assert chart_errors(chart_validator, no_port)
 
 
+def env_example() -> dict[str, str]:
+    """The variables .env.prod.example sets (its comments are not settings: nothing reads them)."""
+    lines = (PROJECT_ROOT / ".env.prod.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
+
+
 def test_dagster_values_come_from_the_instance_and_workspace() -> None:
     instance = yaml.safe_load(
         (PROJECT_ROOT / "orchestration" / "instance" / "prod" / "dagster.yaml").read_text()
@@ -439,13 +855,9 @@ def test_dagster_values_come_from_the_instance_and_workspace() -> None:
     assert "postgres" in instance["storage"]
     assert rendered["postgresql"]["enabled"] is False
     assert rendered["generatePostgresqlPasswordSecret"] is False
-    assert rendered["global"]["postgresqlSecretName"] == SETTINGS.postgres_secret
-    env_example = dict(
-        line.split("=", 1)
-        for line in (PROJECT_ROOT / ".env.prod.example").read_text().splitlines()
-        if "=" in line
-    )
-    dagster_url = urlparse(env_example["FRAUDPIPE_DAGSTER_PG_URL"])
+    assert rendered["global"]["postgresqlSecretName"] == SETTINGS.dagster_postgres_secret
+    # The chart logs in as the role FRAUDPIPE_DAGSTER_PG_URL names, to the database it names.
+    dagster_url = urlparse(env_example()["FRAUDPIPE_DAGSTER_PG_URL"])
     assert rendered["postgresql"]["postgresqlDatabase"] == dagster_url.path.lstrip("/")
     assert rendered["postgresql"]["postgresqlUsername"] == dagster_url.username
 
@@ -485,6 +897,128 @@ def test_renderer_refuses_what_the_chart_cannot_express(tmp_path: Path) -> None:
         dagster_values.render(SETTINGS, instance=monitoring)
 
 
+# --- Least privilege: PostgreSQL's superuser is the prod-init Job's, each service has its own role ---
+
+WORKLOAD_KINDS = {"StatefulSet", "Deployment", "Job", "RayService"}
+
+
+def secret_references(obj: Any) -> set[str]:
+    """Every Secret that `obj` hands a pod: env `secretKeyRef`, `envFrom`'s `secretRef`, secret and
+    projected volumes, image pull secrets, KubeRay's `authOptions.secretName`, and the Dagster
+    chart's `envSecrets` and `postgresqlSecretName` (the chart turns both into env of its pods)."""
+    found: set[str] = set()
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key in ("secretKeyRef", "secretRef", "secret") and isinstance(value, dict):
+                found.add(value.get("name") or value["secretName"])
+            elif key in ("secretName", "postgresqlSecretName") and isinstance(value, str):
+                found.add(value)
+            elif key in ("envSecrets", "imagePullSecrets") and isinstance(value, list):
+                found |= {item["name"] for item in value}
+            found |= secret_references(value)
+    elif isinstance(obj, list):
+        for item in obj:
+            found |= secret_references(item)
+    return found
+
+
+def workloads() -> dict[str, Any]:
+    """Every pod-making object of infra/k8s, and each top-level section of the Dagster values (the
+    chart's `global` reaches its webserver, daemon and run pods, the others their own pods)."""
+    found = {
+        f"{name}:{doc['kind']}/{doc['metadata']['name']}": doc
+        for name in MANIFESTS
+        for doc in documents(name)
+        if doc["kind"] in WORKLOAD_KINDS
+    }
+    found |= {f"{VALUES}:{section}": value for section, value in values().items()}
+    return found
+
+
+def reaching(secret: str) -> set[str]:
+    return {name for name, workload in workloads().items() if secret in secret_references(workload)}
+
+
+def test_the_secret_walker_finds_every_way_a_pod_gets_a_secret() -> None:
+    assert secret_references(
+        {
+            "env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "a", "key": "k"}}}],
+            "envFrom": [{"secretRef": {"name": "b"}}],
+            "volumes": [
+                {"name": "v", "secret": {"secretName": "c"}},
+                {"name": "p", "projected": {"sources": [{"secret": {"name": "d"}}]}},
+            ],
+            "envSecrets": [{"name": "e"}],
+            "global": {"postgresqlSecretName": "f"},
+            "authOptions": {"mode": "token", "secretName": "g"},
+            "imagePullSecrets": [{"name": "h"}],
+        }
+    ) == set("abcdefgh")
+    assert {
+        "postgresql.yaml:StatefulSet/fraudpipe-postgresql",
+        "prod-init.yaml:Job/fraudpipe-prod-init",
+    } <= set(workloads())
+    assert reaching(SETTINGS.env_secret) >= {
+        "prod-init.yaml:Job/fraudpipe-prod-init",
+        f"rayservice.yaml:RayService/{rayservice()['metadata']['name']}",
+        f"{VALUES}:runLauncher",
+        f"{VALUES}:dagster-user-deployments",
+    }
+
+
+def test_only_the_prod_init_job_reaches_the_postgres_admin_secret() -> None:
+    """The admin URL (a role that may create roles and databases) is in one Secret, which one
+    workload reads, as one variable: no other pod's env, envFrom, volume or chart value names it,
+    no other sets FRAUDPIPE_PG_ADMIN_URL, and the env Secret every pod gets (.env, made from
+    .env.prod.example) does not hold it."""
+    admin = SETTINGS.pg_admin_secret
+    assert reaching(admin) == {"prod-init.yaml:Job/fraudpipe-prod-init"}
+    (job,) = documents("prod-init.yaml")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert admin not in secret_references(container.get("envFrom", [])), "envFrom would take all its keys"
+    assert [var for var in container["env"] if admin in secret_references(var)] == [
+        {"name": "FRAUDPIPE_PG_ADMIN_URL", "valueFrom": {"secretKeyRef": {"name": admin, "key": "url"}}}
+    ]
+    setting = {
+        name
+        for name in (*MANIFESTS, VALUES)
+        for doc in documents(name)
+        if "FRAUDPIPE_PG_ADMIN_URL" in set_variables(doc)
+    }
+    assert setting == {"prod-init.yaml"}
+    assert "FRAUDPIPE_PG_ADMIN_URL" not in env_example(), ".env becomes the env Secret of every pod"
+    assert "# FRAUDPIPE_PG_ADMIN_URL=" in (PROJECT_ROOT / ".env.prod.example").read_text()
+
+
+def test_dagster_logs_in_as_its_own_role_not_the_servers_superuser() -> None:
+    """The superuser and its password are read from the rendered server; the Dagster chart uses
+    another role and another Secret, the superuser's password Secret reaches the server alone,
+    and every service URL of .env.prod.example names a role of its own."""
+    _, server = documents("postgresql.yaml")
+    (container,) = server["spec"]["template"]["spec"]["containers"]
+    env = {var["name"]: var for var in container["env"]}
+    superuser = env["POSTGRES_USER"]["value"]
+    superuser_secret = env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
+    chart = values()
+    assert chart["postgresql"]["postgresqlUsername"] != superuser
+    assert chart["global"]["postgresqlSecretName"] != superuser_secret
+    assert reaching(superuser_secret) == {f"postgresql.yaml:StatefulSet/{server['metadata']['name']}"}
+    assert reaching(chart["global"]["postgresqlSecretName"]) == {f"{VALUES}:global"}
+
+    roles = [
+        urlparse(env_example()[f"FRAUDPIPE_{s}_PG_URL"]).username for s in ("DAGSTER", "MLFLOW", "FEAST")
+    ]
+    assert len(set(roles)) == 3 and superuser not in roles, roles
+    assert all(urlparse(url).username != superuser for url in ENV_SECRET_URLS.values())
+
+    with pytest.raises(ValueError, match="superuser"):
+        ClusterSettings(dagster_postgres_user=SETTINGS.postgres_user)
+    with pytest.raises(ValueError, match="must differ"):
+        ClusterSettings(pg_admin_secret=SETTINGS.env_secret)
+    with pytest.raises(ValueError, match="must differ"):
+        ClusterSettings(dagster_postgres_secret=SETTINGS.postgres_secret)
+
+
 def test_render_refuses_a_ray_image_of_another_version(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("infra.k8s_manifests.dockerfile_ray_version", lambda: "0.0.1")
     with pytest.raises(ValueError, match=r"Ray 0\.0\.1"):
@@ -512,6 +1046,7 @@ class _Discovery(BaseHTTPRequestHandler):
     groups = {
         "apps/v1": {"statefulsets": "StatefulSet", "deployments": "Deployment"},
         "batch/v1": {"jobs": "Job"},
+        "networking.k8s.io/v1": {"networkpolicies": "NetworkPolicy"},
         "ray.io/v1": {"rayservices": "RayService"},
         "kafka.strimzi.io/v1beta2": {"kafkatopics": "KafkaTopic"},
     }

@@ -26,6 +26,9 @@ from dagster._core.test_utils import create_run_for_test, instance_for_test
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import deserialize_value
 from dagster_k8s import K8sRunLauncher
+from kubernetes.client import ApiClient
+
+from infra.cluster import ClusterSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 VALUES = yaml.safe_load((ROOT / "infra" / "k8s" / "dagster-values.yaml").read_text())
@@ -219,3 +222,54 @@ def test_the_job_config_is_the_one_dagster_k8s_validates() -> None:
     assert processed.success, processed.errors
     broken = {**chart_run_launcher_config(VALUES), "resources": {"requests": {"cpu": 2}, "limit": {}}}
     assert not process_config(K8sRunLauncher.config_type(), broken).success
+
+
+def test_the_run_pod_carries_the_labels_the_network_policies_admit(launched_job: Any) -> None:
+    """infra/k8s/network-policies.yaml names run pods by labels; these are the ones dagster-k8s puts on
+    the pod of a real launch, so the run reaches the Ray cluster and PostgreSQL, and Ray reaches it."""
+    _, _, _, job = launched_job
+    labels = job.spec.template.metadata.labels
+    policies = list(yaml.safe_load_all((ROOT / "infra" / "k8s" / "network-policies.yaml").read_text()))
+
+    def names(selector: dict[str, Any]) -> bool:
+        wanted = selector.get("matchLabels", {})
+        return bool(wanted) and wanted.items() <= labels.items()
+
+    as_source = {
+        policy["metadata"]["name"]
+        for policy in policies
+        for rule in policy["spec"].get("ingress", [])
+        for peer in rule["from"]
+        if "namespaceSelector" not in peer and names(peer["podSelector"])
+    }
+    assert {"fraudpipe-ray-from-drivers", "fraudpipe-postgresql-from-clients"} <= as_source
+    as_target = {policy["metadata"]["name"] for policy in policies if names(policy["spec"]["podSelector"])}
+    assert as_target == {"fraudpipe-runs-from-ray"}
+
+
+def _secret_names(obj: Any) -> set[str]:
+    """Every Secret a serialized pod spec names: env, envFrom, secret and projected volumes, pull secrets."""
+    found: set[str] = set()
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key in ("secretKeyRef", "secretRef", "secret") and isinstance(value, dict):
+                found.add(value.get("name") or value["secretName"])
+            elif key == "imagePullSecrets" and isinstance(value, list):
+                found |= {item["name"] for item in value}
+            found |= _secret_names(value)
+    elif isinstance(obj, list):
+        for item in obj:
+            found |= _secret_names(item)
+    return found
+
+
+def test_the_run_pod_gets_dagsters_own_role_and_never_the_postgres_admin(launched_job: Any) -> None:
+    """What dagster-k8s really puts in a run's Job: Dagster's own database password, the env Secret
+    and the Ray token; not the server's superuser password, not the prod-init Job's admin URL."""
+    _, _, _, job = launched_job
+    settings = ClusterSettings()
+    names = _secret_names(ApiClient().sanitize_for_serialization(job))
+    assert names == {settings.dagster_postgres_secret, settings.env_secret, settings.ray_token_secret}
+    assert settings.pg_admin_secret not in names and settings.postgres_secret not in names
+    user = VALUES["postgresql"]["postgresqlUsername"]
+    assert user == settings.dagster_postgres_user != settings.postgres_user

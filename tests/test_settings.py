@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from serving.deploy import serve_config
 from settings import PROJECT_ROOT, Settings, SettingsError, StreamSettings, load_settings
 from settings.base import ENV_PREFIX
 from settings.serving import ServingSettings
+from settings.stream import KafkaSecurity, RedisTls
 
 MACHINERY_AND_ABOVE = (
     "feature_repo",
@@ -68,6 +70,19 @@ def test_defaults_need_nothing_and_name_the_local_profile(monkeypatch: pytest.Mo
         ),
         ({"FRAUDPIPE_PROFILE": "prod"}, "the prod profile needs FRAUDPIPE_BUS_URL, FRAUDPIPE_ONLINE_URL"),
         (
+            {"FRAUDPIPE_STREAM__KAFKA__SECURITY_PROTOCOL": "SASL_SSL"},
+            "security protocol SASL_SSL needs FRAUDPIPE_STREAM__KAFKA__SASL_MECHANISM, "
+            "FRAUDPIPE_STREAM__KAFKA__SASL_USERNAME, FRAUDPIPE_STREAM__KAFKA__SASL_PASSWORD",
+        ),
+        (
+            {"FRAUDPIPE_STREAM__KAFKA__SASL_PASSWORD": "hunter2"},
+            "FRAUDPIPE_STREAM__KAFKA__SASL_PASSWORD: only for security protocol SASL_PLAINTEXT or SASL_SSL",
+        ),
+        (
+            {"FRAUDPIPE_STREAM__REDIS__CA_FILE": "/nonexistent/ca.pem"},
+            "FRAUDPIPE_STREAM__REDIS__CA_FILE: Path does not point to a file",
+        ),
+        (
             {
                 "FRAUDPIPE_PROFILE": "cluster",
                 **{
@@ -103,9 +118,22 @@ def test_a_url_with_a_password_never_reaches_a_message_or_a_repr(monkeypatch: py
 
 
 def test_the_environment_a_child_gets_reproduces_the_settings(tmp_path: Path) -> None:
+    """Secrets too, nested ones included: a child must reach the servers its parent reaches."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not parsed by the settings")
+    kafka = KafkaSecurity(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="fraudpipe",
+        sasl_password="hunter2",
+        ssl_ca_location=ca,
+    )
     settings = load_settings(
         data_dir=tmp_path,
-        stream=StreamSettings(topic_prefix="t.", batch_size=7, online_prefix="p_"),
+        bus_url="kafka://broker:9093",
+        stream=StreamSettings(
+            topic_prefix="t.", batch_size=7, online_prefix="p_", kafka=kafka, redis=RedisTls(ca_file=ca)
+        ),
         monitoring={"ignored_features": ("A", "B"), "cooldown_days": 2},
         serving={
             "port": 8123,
@@ -117,7 +145,8 @@ def test_the_environment_a_child_gets_reproduces_the_settings(tmp_path: Path) ->
         [
             sys.executable,
             "-c",
-            "from settings import load_settings; print(load_settings().model_dump_json())",
+            "import json; from settings import load_settings; settings = load_settings(); "
+            "print(settings.model_dump_json()); print(json.dumps(settings.to_env()))",
         ],
         env={"PATH": "/usr/bin:/bin", **settings.to_env()},
         cwd=PROJECT_ROOT,
@@ -125,7 +154,10 @@ def test_the_environment_a_child_gets_reproduces_the_settings(tmp_path: Path) ->
         text=True,
         check=True,
     )
-    assert Settings.model_validate_json(child.stdout).model_dump() == settings.model_dump()
+    dumped, env = child.stdout.splitlines()
+    assert json.loads(dumped) == json.loads(settings.model_dump_json())  # secrets as stars
+    assert json.loads(env) == settings.to_env()  # secrets in clear
+    assert settings.to_env()["FRAUDPIPE_STREAM__KAFKA__SASL_PASSWORD"] == "hunter2"
 
 
 def _environment_reads(path: Path) -> list[str]:
@@ -148,7 +180,8 @@ def _environment_reads(path: Path) -> list[str]:
 
 
 # Passing the environment on to a child process whole, which is not reading a setting.
-PASSES_ENVIRONMENT_ON = {"orchestration/cli.py", "settings/__main__.py"}
+PASSES_ENVIRONMENT_ON = {"orchestration/cli.py", "settings/__main__.py", "serving/deploy.py"}
+"""Modules that set variables for child processes (serving.deploy: Ray's own, while it starts)."""
 
 
 def test_only_the_settings_layer_reads_the_environment() -> None:

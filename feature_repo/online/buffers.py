@@ -52,7 +52,8 @@ still returns one member per event (its packed form is not built yet).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -88,6 +89,14 @@ US_PER_DAY = NS_PER_DAY // NS_PER_US
 CUSTOMER_EVENT_COLUMNS = ["CUSTOMER_ID", "TRANSACTION_ID", "TX_DATETIME", "TX_AMOUNT"]
 TERMINAL_EVENT_COLUMNS = ["TERMINAL_ID", "TRANSACTION_ID", "TX_DATETIME"]
 _REPORT_US = "REPORT_US"
+
+
+class OnlineStoreUnavailableError(RuntimeError):
+    """The store's server did not answer; a later try may succeed.
+
+    Raised instead of answering from what is at hand: an empty read would give a
+    known customer cold-start features, a silently wrong score.
+    """
 
 
 class StaleReadError(RuntimeError):
@@ -267,6 +276,9 @@ class EventBuffers(ABC):
         grace: how far before the watermark reads must stay exact after a trim.
     """
 
+    UNAVAILABLE: tuple[type[Exception], ...] = ()
+    """The backend's errors that mean its server did not answer: `OnlineStoreUnavailableError` to callers."""
+
     def __init__(self, grace: timedelta) -> None:
         if grace < timedelta(0):
             raise ValueError(f"grace must not be negative, got {grace}")
@@ -281,13 +293,15 @@ class EventBuffers(ABC):
         _require_columns(frame, TRANSACTION_COLUMNS, "transactions")
         if frame.empty:
             return
-        self._write_transactions(
+        columns = (
             _ids(frame["TRANSACTION_ID"]),
             _ids(frame["CUSTOMER_ID"]),
             _ids(frame["TERMINAL_ID"]),
             _times_us(frame["TX_DATETIME"], "TX_DATETIME"),
             frame["TX_AMOUNT"].to_numpy(np.float64),
         )
+        with self._answering("write"):
+            self._write_transactions(*columns)
 
     def add_reports(self, frame: pd.DataFrame) -> None:
         """Record fraud reports by transaction id, before or after their transactions arrive.
@@ -298,9 +312,31 @@ class EventBuffers(ABC):
         _require_columns(frame, REPORT_COLUMNS, "reports")
         if frame.empty:
             return
-        self._write_reports(
-            _ids(frame["TRANSACTION_ID"]), _report_times_us(frame["REPORT_DATETIME"], "REPORT_DATETIME")
+        tx, report_us = (
+            _ids(frame["TRANSACTION_ID"]),
+            _report_times_us(frame["REPORT_DATETIME"], "REPORT_DATETIME"),
         )
+        with self._answering("write"):
+            self._write_reports(tx, report_us)
+
+    def trim(self) -> int:
+        """Raise the read floor to watermark - grace and drop what no read at or after it can need.
+
+        The floor rises before anything is dropped, so that a concurrent reader
+        gets the refusal, never the gap. Cutoffs come from `_cutoffs`.
+
+        Returns:
+            How many events and reports were dropped.
+        """
+        with self._answering("trim"):
+            return self._trim()
+
+    @contextmanager
+    def _answering(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except self.UNAVAILABLE as exc:
+            raise OnlineStoreUnavailableError(f"the online store did not answer a {what}") from exc
 
     def _cutoffs(self, watermark_us: int) -> tuple[int, int, int]:
         """The new floor and the inclusive cutoffs of customer and terminal data (events and reports)."""
@@ -334,14 +370,15 @@ class EventBuffers(ABC):
                 pd.DataFrame(columns=list(MODEL_FEATURES), index=requests.index), empty, empty
             )
         earliest, latest = int(times_ns.min()), int(times_ns.max())
-        snapshot = self._read(
-            np.unique(customers),
-            np.unique(terminals),
-            tx,
-            (earliest - CUSTOMER_SPENDING.horizon_days * NS_PER_DAY) // NS_PER_US,
-            (earliest - TERMINAL_RISK.horizon_days * NS_PER_DAY) // NS_PER_US,
-            latest // NS_PER_US,
-        )
+        with self._answering("read"):
+            snapshot = self._read(
+                np.unique(customers),
+                np.unique(terminals),
+                tx,
+                (earliest - CUSTOMER_SPENDING.horizon_days * NS_PER_DAY) // NS_PER_US,
+                (earliest - TERMINAL_RISK.horizon_days * NS_PER_DAY) // NS_PER_US,
+                latest // NS_PER_US,
+            )
         if snapshot.floor_us is not None and earliest < snapshot.floor_us * NS_PER_US:
             stale = np.flatnonzero(times_ns < snapshot.floor_us * NS_PER_US)
             raise StaleReadError(
@@ -432,15 +469,8 @@ class EventBuffers(ABC):
         """One consistent snapshot: events in (after, until] of the entities, their reports, the clock."""
 
     @abstractmethod
-    def trim(self) -> int:
-        """Raise the read floor to watermark - grace and drop what no read at or after it can need.
-
-        The floor rises before anything is dropped, so that a concurrent reader
-        gets the refusal, never the gap. Cutoffs come from `_cutoffs`.
-
-        Returns:
-            How many events and reports were dropped.
-        """
+    def _trim(self) -> int:
+        """`trim`, in the backend: the floor first, then the drops; returns how many were dropped."""
 
     @abstractmethod
     def dump(self) -> BufferState:

@@ -17,6 +17,7 @@ from feature_repo.online.buffers import (
     _Snapshot,
     _state,
 )
+from settings.stream import SYSTEM_REDIS_TLS, RedisTls
 
 _CUSTOMER_MEMBER = np.dtype([("time", ">i8"), ("tx", ">i8"), ("amount", ">f8")])
 _TX_MEMBER = np.dtype(">i8")
@@ -109,12 +110,26 @@ class RedisEventBuffers(EventBuffers):
         client: a client (with `decode_responses` off) or a redis:// URL.
         prefix: the namespace of every key.
         grace: see `EventBuffers`.
+        tls: the CA and client certificate of a `rediss://` URL (redis-py reads none from a URL).
+
+    Raises:
+        ValueError: `tls` has files but the URL is not `rediss://`.
     """
 
-    def __init__(self, client: redis.Redis | str, prefix: str = "", grace: timedelta = DEFAULT_GRACE) -> None:
+    UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError)
+
+    def __init__(
+        self,
+        client: redis.Redis | str,
+        prefix: str = "",
+        grace: timedelta = DEFAULT_GRACE,
+        tls: RedisTls = SYSTEM_REDIS_TLS,
+    ) -> None:
         super().__init__(grace)
         self._owns_client = isinstance(client, str)
-        self._client = redis.Redis.from_url(client) if isinstance(client, str) else client
+        self._client = (
+            redis.Redis.from_url(client, **tls.client_options(client)) if isinstance(client, str) else client
+        )
         if self._client.get_connection_kwargs().get("decode_responses"):
             raise ValueError("RedisEventBuffers stores binary members: use a client without decode_responses")
         self._prefix = prefix
@@ -216,7 +231,7 @@ class RedisEventBuffers(EventBuffers):
             np.array([np.nan if score is None else score for score in request_reports], dtype=np.float64),
         )
 
-    def trim(self) -> int:
+    def _trim(self) -> int:
         watermark = self._client.zscore(self._meta, _WATERMARK)
         if watermark is None:
             return 0

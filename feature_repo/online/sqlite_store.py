@@ -288,7 +288,7 @@ class SqliteEventBuffers(EventBuffers):
             request_reports,
         )
 
-    def trim(self) -> int:
+    def _trim(self) -> int:
         with self._transaction("IMMEDIATE") as cursor:
             watermark, _ = self._clock(cursor)
             if watermark is None:

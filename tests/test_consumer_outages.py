@@ -1,0 +1,253 @@
+"""The consumer waits out a Redis that goes away and comes back, and says so when it came back empty.
+
+Each test runs its own `redis-server` (tests.redis_server) so it can SIGKILL and restart it
+while a `StreamConsumer` runs in a thread: the consumer must never exit, land every event
+exactly once, and, when the server came back without what it had acknowledged (no
+persistence), report the loss instead of reading on as if nothing had happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from prometheus_client import CollectorRegistry
+
+from bench.redis_server import REDIS_SERVER, redis_server
+from feature_repo.online import TRANSACTION_COLUMNS, open_event_buffers
+from simulator import SimulatedData, SimulatorConfig, simulate
+from streaming.bus import DeliveryError
+from streaming.config import StreamConfig
+from streaming.consumer import ConsumerSettings, StreamConsumer
+from streaming.traffic import send_events
+from tests.conftest import local_settings, needs_tool
+
+pytestmark = [pytest.mark.integration, needs_tool(REDIS_SERVER is not None, "redis-server")]
+
+
+@pytest.fixture(scope="module")
+def week() -> SimulatedData:
+    return simulate(SimulatorConfig(n_customers=100, n_terminals=200, n_days=7, seed=5))
+
+
+def _stream(root: Path, bus_url: str, online_url: str | None = None) -> StreamConfig:
+    settings = local_settings(root)
+    return StreamConfig.from_settings(
+        settings,
+        bus_url=bus_url,
+        online_url=online_url or f"sqlite:///{root / 'online.db'}",
+        online_prefix="t:" if online_url else "",
+        metrics_port=0,
+    )
+
+
+class Running:
+    """A consumer in a thread; `error` holds what ended it if it ended by itself."""
+
+    def __init__(self, stream: StreamConfig) -> None:
+        self.consumer = StreamConsumer(
+            stream.bus(),
+            stream.topics(),
+            stream.landing(),
+            stream.online(),
+            ConsumerSettings(group=stream.group, status_every_s=0.5, poll_timeout_s=0.2),
+        )
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.consumer.run(self.stop)
+        except BaseException as exc:  # the test asserts there is none
+            self.error = exc
+
+    def sample(self, name: str, **labels: str) -> float:
+        registry: CollectorRegistry = self.consumer.metrics.registry
+        return registry.get_sample_value(name, labels) or 0.0
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+        self.consumer.close()
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[StreamConfig], Running]]:
+    started: list[Running] = []
+
+    def start(stream: StreamConfig) -> Running:
+        started.append(Running(stream))
+        return started[-1]
+
+    yield start
+    for consumer in started:
+        consumer.close()
+
+
+def _landed_ids(stream: StreamConfig) -> pd.Series:
+    """Every landed transaction id as written, duplicates included."""
+    files = sorted((Path(stream.landing_path) / "transactions").glob("date=*/*.parquet"))
+    if not files:
+        return pd.Series([], dtype="int64")
+    return pd.concat([pd.read_parquet(f, columns=["TRANSACTION_ID"]) for f in files])["TRANSACTION_ID"]
+
+
+def _send(stream: StreamConfig, transactions: pd.DataFrame, reports: pd.DataFrame) -> None:
+    """Send until the bus confirms, as a producer told "resend" does: duplicates are the consumer's job."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            send_events(stream.bus().producer(), stream.topics(), transactions, reports)
+            return
+        except DeliveryError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_a_bus_outage_is_waited_out_and_loses_nothing(
+    tmp_path: Path, week: SimulatedData, running: Callable[[StreamConfig], Running]
+) -> None:
+    transactions = week.events()
+    half = len(transactions) // 2
+    with redis_server(tmp_path / "redis", persistent=True) as server:
+        stream = _stream(tmp_path, server.url)
+        _send(stream, transactions.iloc[:half], week.fraud_reports.iloc[:0])
+        consumer = running(stream)
+        _wait_for(lambda: len(_landed_ids(stream)) > 0, "the first batch")
+        server.kill()
+        time.sleep(3)  # the consumer polls, fails, backs off: it must not exit
+        assert consumer.error is None and consumer.thread.is_alive()
+        server.start()  # same port, same append-only file: every acknowledged entry is back
+        _send(stream, transactions.iloc[half:], week.fraud_reports.iloc[:0])
+        _wait_for(lambda: _landed_ids(stream).nunique() == len(transactions), "every event landed")
+        landed = _landed_ids(stream)
+        assert consumer.error is None and consumer.thread.is_alive()
+        assert landed.is_unique, f"{landed.duplicated().sum()} events landed twice"
+        assert set(landed) == set(transactions["TRANSACTION_ID"])
+        topic = stream.topics().transactions
+        assert consumer.sample("fraudpipe_stream_retried_batches_total", topic=topic, cause="bus") > 0
+        assert consumer.sample("fraudpipe_stream_bus_data_lost_total", topic=topic) == 0
+
+
+def test_a_bus_that_came_back_empty_is_reported_and_reading_goes_on(
+    tmp_path: Path,
+    week: SimulatedData,
+    running: Callable[[StreamConfig], Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transactions = week.events()
+    half = len(transactions) // 2
+    with redis_server(tmp_path / "redis", persistent=False) as server:
+        stream = _stream(tmp_path, server.url)
+        _send(stream, transactions.iloc[:half], week.fraud_reports.iloc[:0])
+        consumer = running(stream)
+        _wait_for(lambda: _landed_ids(stream).nunique() == half, "the first half landed")
+        server.kill()
+        server.start()  # no persistence: the streams and the consumer groups are gone
+        _send(stream, transactions.iloc[half:], week.fraud_reports.iloc[:0])
+        _wait_for(lambda: _landed_ids(stream).nunique() == len(transactions), "the second half landed")
+        topic = stream.topics().transactions
+        assert consumer.error is None and consumer.thread.is_alive()
+        assert consumer.sample("fraudpipe_stream_bus_data_lost_total", topic=topic) >= 1
+        assert "Redis lost entries it had acknowledged" in caplog.text
+
+
+def test_an_online_store_outage_is_waited_out_and_every_event_is_applied(
+    tmp_path: Path, week: SimulatedData, running: Callable[[StreamConfig], Running]
+) -> None:
+    transactions = week.events()
+    with (
+        redis_server(tmp_path / "bus", persistent=True) as bus,
+        redis_server(tmp_path / "online", persistent=True) as online,
+    ):
+        stream = _stream(tmp_path, bus.url, online.url)
+        consumer = running(stream)
+        online.kill()
+        _send(stream, transactions, week.fraud_reports.iloc[:0])
+        topic = stream.topics().transactions
+        _wait_for(
+            lambda: (
+                consumer.sample("fraudpipe_stream_retried_batches_total", topic=topic, cause="online_store")
+                > 0
+            ),
+            "a retry on the online store",
+        )
+        assert consumer.error is None and consumer.thread.is_alive()
+        online.start()
+        _wait_for(lambda: _landed_ids(stream).nunique() == len(transactions), "every event landed")
+        last = transactions["TX_DATETIME"].max().to_pydatetime()
+        _wait_for(lambda: consumer.consumer.totals["transactions"].applied == last, "the last event applied")
+        state = stream.online().dump()
+        assert consumer.error is None
+    reference = open_event_buffers(f"sqlite:///{tmp_path / 'reference.db'}")
+    reference.add_transactions(transactions[list(TRANSACTION_COLUMNS)])
+    assert state.equals(reference.dump())  # every event applied once, as if the store never went away
+
+
+def _can_mount_tmpfs() -> bool:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    with tempfile.TemporaryDirectory() as probe:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", probe], capture_output=True
+        )
+        if mounted.returncode != 0:
+            return False
+        subprocess.run(["umount", probe], check=True)
+    return True
+
+
+@needs_tool(_can_mount_tmpfs(), "root and a tmpfs mount (a small filesystem for the lake)")
+def test_a_full_lake_disk_stops_commits_and_loses_nothing_once_space_returns(
+    tmp_path: Path, week: SimulatedData, running: Callable[[StreamConfig], Running]
+) -> None:
+    transactions = week.events()
+    lake = tmp_path / "stream"
+    lake.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(lake)], check=True)
+    try:
+        filler = lake / "filler"
+        # Fill it, then give back a few kB: the first files fit, the next ones do not.
+        with open(filler, "wb") as out, contextlib.suppress(OSError):
+            out.write(b"\0" * (1 << 20))
+        os.truncate(filler, filler.stat().st_size - 8_192)
+        with redis_server(tmp_path / "redis", persistent=True) as server:
+            stream = _stream(tmp_path, server.url)
+            _send(stream, transactions, week.fraud_reports.iloc[:0])
+            consumer = running(stream)
+            topic = stream.topics().transactions
+            _wait_for(
+                lambda: (
+                    consumer.sample("fraudpipe_stream_retried_batches_total", topic=topic, cause="lake") > 0
+                ),
+                "a retry on the full disk",
+            )
+            assert consumer.consumer._topic_consumers[0].consumer.lag() > 0  # nothing committed past the gap
+            assert consumer.error is None and consumer.thread.is_alive()
+            filler.unlink()  # space returns
+            _wait_for(lambda: _landed_ids(stream).nunique() == len(transactions), "every event landed")
+            landed = _landed_ids(stream)
+            assert landed.is_unique and consumer.error is None
+            assert not list(lake.rglob(".*.tmp"))  # no half-written file left behind
+    finally:
+        subprocess.run(["umount", "-l", str(lake)], check=False)
