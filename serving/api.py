@@ -86,7 +86,8 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse({"detail": f"body larger than {self.max_bytes} bytes"}, status_code=413)
+        detail = f"body larger than {self.max_bytes} bytes"
+        response = JSONResponse({"detail": detail, "error": "too_large"}, status_code=413)
         await response(scope, receive, send)
 
 
@@ -129,7 +130,10 @@ class Admission:
         if self.in_flight >= config.max_in_flight:
             self.service.metrics.errors.labels("overloaded").inc()
             response = JSONResponse(
-                {"detail": f"{self.in_flight} requests in flight, the most this replica takes: retry later"},
+                {
+                    "detail": f"{self.in_flight} requests in flight, the most this replica takes: retry",
+                    "error": "overloaded",
+                },
                 status_code=503,
                 headers={"Retry-After": str(config.retry_after_s)},
             )
@@ -207,7 +211,8 @@ def build_api(
 
     def fail(kind: str, status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
         metrics.errors.labels(kind).inc()
-        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+        # `error`: a code a client can branch on; `detail`: for a person, never an exception's text.
+        return JSONResponse({"detail": detail, "error": kind}, status_code=status, headers=headers)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -238,7 +243,9 @@ def build_api(
         error_id = error_reference()
         logger.error("%s %s: error %s", request.method, request.url.path, error_id, exc_info=exc)
         metrics.errors.labels("internal").inc()
-        return JSONResponse({"detail": "internal error", "error_id": error_id}, status_code=500)
+        return JSONResponse(
+            {"detail": "internal error", "error": "internal", "error_id": error_id}, status_code=500
+        )
 
     @api.post("/v1/score", response_model=Score, responses={413: {}, 422: {}, 503: {}})
     async def score(transaction: Transaction) -> Score:

@@ -1,7 +1,7 @@
 """Who may call the HTTP endpoints: optional API keys for scoring and push, and the check both run.
 
 The check is a plain ASGI wrapper with no framework import, so it lives here, beside the
-keys it checks: serving and streaming, which may not import each other, both run this one.
+keys it checks and how they are loaded: the scoring API and the push endpoint run this one.
 """
 
 from __future__ import annotations

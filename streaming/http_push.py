@@ -324,19 +324,23 @@ def create_app(
     app = FastAPI(title="fraudpipe event push", lifespan=lifespan)
 
     def unavailable(reason: str) -> JSONResponse:
-        return JSONResponse({"detail": reason}, status_code=503, headers={"Retry-After": str(retry_after_s)})
+        body = {"detail": reason, "error": "unavailable"}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(retry_after_s)})
 
     async def checked(request: Request, topic: str, canonical: Canonicaliser) -> list[Keyed] | JSONResponse:
         body = await _read_body(request, max_body_bytes)
         if body is None:
-            return JSONResponse({"detail": f"body larger than {max_body_bytes} bytes"}, status_code=413)
+            detail = f"body larger than {max_body_bytes} bytes"
+            return JSONResponse({"detail": detail, "error": "too_large"}, status_code=413)
         try:
             # Off the event loop: a full batch costs some 20 ms of CPU, which would stall every
             # other request, health checks and scrapes included.
             return await run_in_threadpool(_checked, body, canonical, max_events, max_future)
         except _RefusedError as exc:
             metrics.rejected.labels(topic).inc(len(exc.errors))
-            return JSONResponse({"detail": str(exc), "errors": exc.errors}, status_code=exc.status)
+            code = "too_large" if exc.status == 413 else "invalid"
+            body = {"detail": str(exc), "error": code, "errors": exc.errors}
+            return JSONResponse(body, status_code=exc.status)
 
     async def push(request: Request, topic: str, canonical: Canonicaliser) -> Response:
         if not slots.take():
@@ -363,7 +367,8 @@ def create_app(
             return JSONResponse(
                 {
                     "detail": "the bus did not confirm the whole batch in time: some events may be on "
-                    "it; resend the batch (the consumer lands each event id once)"
+                    "it; resend the batch (the consumer lands each event id once)",
+                    "error": "unconfirmed",
                 },
                 status_code=504,
                 headers={"Retry-After": str(retry_after_s)},

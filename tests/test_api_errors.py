@@ -63,6 +63,7 @@ def test_a_body_that_is_no_json_says_why(service: ScoringService) -> None:
             "/v1/score", content=b'{"transaction_id": 1,', headers={"content-type": "application/json"}
         )
     assert answer.status_code == 422
+    assert answer.json()["error"] == "validation"
     (error,) = answer.json()["detail"]
     assert error["type"] == "json_invalid"
     assert error["msg"].startswith("JSON decode error: Expecting"), error
@@ -82,6 +83,7 @@ def test_an_internal_error_answers_an_id_and_logs_the_detail_under_it(
     ):
         answer = client.post("/v1/score/batch", json={"transactions": [BODY]})
     assert answer.status_code == 500
+    assert answer.json()["error"] == "internal"
     assert "s3cret" not in answer.text and "10.1.2.3" not in answer.text
     error_id = answer.json()["error_id"]
     logged = [r for r in caplog.records if error_id in r.getMessage()]
@@ -117,6 +119,7 @@ def test_an_online_store_that_does_not_answer_is_a_503_never_a_cold_start_score(
         for path, body in (("/v1/score", BODY), ("/v1/score/batch", {"transactions": [BODY]})):
             answer = client.post(path, json=body)
             assert answer.status_code == 503, (path, answer.text)
+            assert answer.json()["error"] == "online_unavailable"
             assert answer.json()["detail"].startswith("the online store did not answer")
             assert answer.headers["retry-after"] == str(ServingConfig().retry_after_s)
             assert str(port) not in answer.text

@@ -9,6 +9,7 @@ persistence), report the loss instead of reading on as if nothing had happened.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -16,7 +17,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -28,6 +31,7 @@ from simulator import SimulatedData, SimulatorConfig, simulate
 from streaming.bus import DeliveryError
 from streaming.config import StreamConfig
 from streaming.consumer import ConsumerSettings, StreamConsumer
+from streaming.landing import LandResult, StreamLanding
 from streaming.traffic import send_events
 from tests.conftest import local_settings, needs_tool
 
@@ -53,13 +57,15 @@ def _stream(root: Path, bus_url: str, online_url: str | None = None) -> StreamCo
 class Running:
     """A consumer in a thread; `error` holds what ended it if it ended by itself."""
 
-    def __init__(self, stream: StreamConfig) -> None:
+    def __init__(self, stream: StreamConfig, landing: Any = None) -> None:
         self.consumer = StreamConsumer(
             stream.bus(),
             stream.topics(),
-            stream.landing(),
+            landing or stream.landing(),
             stream.online(),
-            ConsumerSettings(group=stream.group, status_every_s=0.5, poll_timeout_s=0.2),
+            ConsumerSettings(
+                group=stream.group, batch_size=stream.batch_size, status_every_s=0.5, poll_timeout_s=0.2
+            ),
         )
         self.stop = threading.Event()
         self.error: BaseException | None = None
@@ -83,11 +89,11 @@ class Running:
 
 
 @pytest.fixture
-def running() -> Iterator[Callable[[StreamConfig], Running]]:
+def running() -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
-    def start(stream: StreamConfig) -> Running:
-        started.append(Running(stream))
+    def start(stream: StreamConfig, landing: Any = None) -> Running:
+        started.append(Running(stream, landing))
         return started[-1]
 
     yield start
@@ -125,7 +131,7 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 90) -
 
 
 def test_a_bus_outage_is_waited_out_and_loses_nothing(
-    tmp_path: Path, week: SimulatedData, running: Callable[[StreamConfig], Running]
+    tmp_path: Path, week: SimulatedData, running: Callable[..., Running]
 ) -> None:
     transactions = week.events()
     half = len(transactions) // 2
@@ -152,7 +158,7 @@ def test_a_bus_outage_is_waited_out_and_loses_nothing(
 def test_a_bus_that_came_back_empty_is_reported_and_reading_goes_on(
     tmp_path: Path,
     week: SimulatedData,
-    running: Callable[[StreamConfig], Running],
+    running: Callable[..., Running],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     transactions = week.events()
@@ -173,7 +179,7 @@ def test_a_bus_that_came_back_empty_is_reported_and_reading_goes_on(
 
 
 def test_an_online_store_outage_is_waited_out_and_every_event_is_applied(
-    tmp_path: Path, week: SimulatedData, running: Callable[[StreamConfig], Running]
+    tmp_path: Path, week: SimulatedData, running: Callable[..., Running]
 ) -> None:
     transactions = week.events()
     with (
@@ -219,7 +225,7 @@ def _can_mount_tmpfs() -> bool:
 
 @needs_tool(_can_mount_tmpfs(), "root and a tmpfs mount (a small filesystem for the lake)")
 def test_a_full_lake_disk_stops_commits_and_loses_nothing_once_space_returns(
-    tmp_path: Path, week: SimulatedData, running: Callable[[StreamConfig], Running]
+    tmp_path: Path, week: SimulatedData, running: Callable[..., Running]
 ) -> None:
     transactions = week.events()
     lake = tmp_path / "stream"
@@ -251,3 +257,39 @@ def test_a_full_lake_disk_stops_commits_and_loses_nothing_once_space_returns(
             assert not list(lake.rglob(".*.tmp"))  # no half-written file left behind
     finally:
         subprocess.run(["umount", "-l", str(lake)], check=False)
+
+
+class FailingLanding:
+    """The real landing, failing its 2nd and 3rd calls as a full disk would (ENOSPC)."""
+
+    def __init__(self, landing: StreamLanding) -> None:
+        self._landing = landing
+        self.calls = 0
+
+    def land(self, table: str, frame: pd.DataFrame) -> LandResult:
+        self.calls += 1
+        if self.calls in (2, 3):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self._landing.land(table, frame)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._landing, name)
+
+
+def test_a_failed_batch_on_kafka_is_read_again_from_the_last_commit(
+    tmp_path: Path,
+    week: SimulatedData,
+    namespace: str,
+    kafka_bootstrap: str,
+    running: Callable[..., Running],
+) -> None:
+    """Kafka's consumer position has moved past a failed batch: the retry must seek back to the commit."""
+    transactions = week.events()
+    stream = replace(_stream(tmp_path, f"kafka://{kafka_bootstrap}"), topic_prefix=namespace, batch_size=200)
+    _send(stream, transactions, week.fraud_reports.iloc[:0])
+    landing = FailingLanding(stream.landing())
+    consumer = running(stream, landing)
+    _wait_for(lambda: _landed_ids(stream).nunique() == len(transactions), "every event landed")
+    landed = _landed_ids(stream)
+    assert landing.calls > 3 and consumer.error is None
+    assert landed.is_unique and set(landed) == set(transactions["TRANSACTION_ID"])

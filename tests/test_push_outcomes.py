@@ -59,6 +59,7 @@ def test_503_means_nothing_appended_and_504_means_maybe(tmp_path: Path) -> None:
             server.start()
             assert down.status_code == 503, down.text
             assert "nothing was appended" in down.json()["detail"]
+            assert down.json()["error"] == "unavailable"
             assert client.xlen(topics.transactions) == 1  # what the 202 appended, and only that
 
             # Connected again, then stalled: the commands go out and wait in the server's socket.
@@ -71,6 +72,7 @@ def test_503_means_nothing_appended_and_504_means_maybe(tmp_path: Path) -> None:
                 os.kill(server.process.pid, signal.SIGCONT)
             assert stalled.status_code == 504, stalled.text
             assert "may be on it" in stalled.json()["detail"]
+            assert stalled.json()["error"] == "unconfirmed"
         # The stalled server stored them when it resumed: the 504 did not promise otherwise.
         assert client.xlen(topics.transactions) == 2 + len(BATCH)
         client.close()
