@@ -41,6 +41,25 @@ DOCS_PACKAGE = ("fastapi_offline", "static")
 
 
 ScoreOne = Callable[[Transaction], Awaitable[Score | Exception]]
+STORE_DOWN_LOG_EVERY_S = 10.0
+"""While the online store does not answer, a replica says so once per interval, not once per request."""
+
+
+class _Throttled:
+    """One warning per `every_s` at most, saying how many it held back; on the event loop, no lock."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._last = float("-inf")
+        self._held = 0
+
+    def warning(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            self._held += 1
+            return
+        held, self._held, self._last = self._held, 0, now
+        logger.warning("%s%s", message, f" ({held} more since the last warning)" if held else "")
 
 
 class BodyLimit:
@@ -224,10 +243,12 @@ def build_api(
         retry_after = service.config.retry_after_s if service.config else ServingConfig().retry_after_s
         return fail("not_ready", 503, str(exc), {"Retry-After": str(retry_after)})
 
+    store_down_log = _Throttled(STORE_DOWN_LOG_EVERY_S)
+
     @api.exception_handler(OnlineStoreUnavailableError)
     async def store_down(_request: Request, exc: OnlineStoreUnavailableError) -> JSONResponse:
         # Never a score from missing features: a known customer would be scored as a new card.
-        logger.warning("online store unavailable: %s", exc.__cause__ or exc)
+        store_down_log.warning(f"online store unavailable, answering 503: {exc.__cause__ or exc}")
         retry_after = service.config.retry_after_s if service.config else ServingConfig().retry_after_s
         detail = "the online store did not answer: no score without features, retry later"
         return fail("online_unavailable", 503, detail, {"Retry-After": str(retry_after)})

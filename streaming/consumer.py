@@ -29,6 +29,7 @@ position, so duplicates are recognisable).
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -339,12 +340,17 @@ RETRIED: tuple[tuple[type[Exception], str], ...] = (
     (OSError, "lake"),
 )
 """What a consumer waits out, by cause: a server that does not answer, a full or failing disk."""
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+"""The `OSError`s that space or a disk coming back cures; any other (a wrong path, no permission)
+ends the consumer with its message instead of being retried for ever."""
 RETRY_LOG_EVERY_S = 30.0
 """While something stays down, how often the consumer says so again: once per interval, not per batch."""
 MAX_BACKOFF_S = 5.0
 
 
 def _retried_cause(exc: Exception) -> str | None:
+    if isinstance(exc, OSError) and exc.errno not in DISK_ERRNOS:
+        return None
     return next((cause for kind, cause in RETRIED if isinstance(exc, kind)), None)
 
 

@@ -106,7 +106,7 @@ def test_readiness_points_to_the_log_instead_of_quoting_the_store(
 
 @pytest.mark.integration
 def test_an_online_store_that_does_not_answer_is_a_503_never_a_cold_start_score(
-    service: ScoringService, monkeypatch: pytest.MonkeyPatch
+    service: ScoringService, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A real Redis client on a port nobody listens on: no score from missing features, a reason, a retry."""
     with socket.socket() as sock:
@@ -115,7 +115,10 @@ def test_an_online_store_that_does_not_answer_is_a_503_never_a_cold_start_score(
     down = RedisEventBuffers(f"redis://127.0.0.1:{port}/0?socket_connect_timeout=0.5")
     monkeypatch.setattr(service, "_online", down)
     monkeypatch.setattr(service, "_serving", _Loaded())
-    with TestClient(build_api(service), raise_server_exceptions=False) as client:
+    with (
+        caplog.at_level(logging.WARNING, logger="serving.api"),
+        TestClient(build_api(service), raise_server_exceptions=False) as client,
+    ):
         for path, body in (("/v1/score", BODY), ("/v1/score/batch", {"transactions": [BODY]})):
             answer = client.post(path, json=body)
             assert answer.status_code == 503, (path, answer.text)
@@ -123,3 +126,5 @@ def test_an_online_store_that_does_not_answer_is_a_503_never_a_cold_start_score(
             assert answer.json()["detail"].startswith("the online store did not answer")
             assert answer.headers["retry-after"] == str(ServingConfig().retry_after_s)
             assert str(port) not in answer.text
+    warned = [r for r in caplog.records if "online store unavailable" in r.getMessage()]
+    assert len(warned) == 1  # once per interval, not once per request

@@ -26,11 +26,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bench.redis_server import REDIS_SERVER, redis_server
-from feature_repo.online import TRANSACTION_COLUMNS, open_event_buffers
+from feature_repo.online import TRANSACTION_COLUMNS, OnlineStoreUnavailableError, open_event_buffers
 from simulator import SimulatedData, SimulatorConfig, simulate
-from streaming.bus import DeliveryError
+from streaming.bus import BusUnavailableError, DeliveryError
 from streaming.config import StreamConfig
-from streaming.consumer import ConsumerSettings, StreamConsumer
+from streaming.consumer import ConsumerSettings, StreamConsumer, _retried_cause
 from streaming.landing import LandResult, StreamLanding
 from streaming.traffic import send_events
 from tests.conftest import local_settings, needs_tool
@@ -293,3 +293,12 @@ def test_a_failed_batch_on_kafka_is_read_again_from_the_last_commit(
     landed = _landed_ids(stream)
     assert landing.calls > 3 and consumer.error is None
     assert landed.is_unique and set(landed) == set(transactions["TRANSACTION_ID"])
+
+
+def test_only_outages_a_retry_can_cure_are_retried() -> None:
+    assert _retried_cause(OSError(errno.ENOSPC, "No space left on device")) == "lake"
+    assert _retried_cause(OSError(errno.EIO, "Input/output error")) == "lake"
+    assert _retried_cause(PermissionError(errno.EACCES, "Permission denied")) is None  # a setup mistake
+    assert _retried_cause(BusUnavailableError("down")) == "bus"
+    assert _retried_cause(OnlineStoreUnavailableError("down")) == "online_store"
+    assert _retried_cause(ValueError("a bug")) is None
