@@ -339,8 +339,8 @@ def create_app(
         except _RefusedError as exc:
             metrics.rejected.labels(topic).inc(len(exc.errors))
             code = "too_large" if exc.status == 413 else "invalid"
-            body = {"detail": str(exc), "error": code, "errors": exc.errors}
-            return JSONResponse(body, status_code=exc.status)
+            refusal = {"detail": str(exc), "error": code, "errors": exc.errors}
+            return JSONResponse(refusal, status_code=exc.status)
 
     async def push(request: Request, topic: str, canonical: Canonicaliser) -> Response:
         if not slots.take():
