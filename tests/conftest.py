@@ -31,6 +31,7 @@ from streaming.bus_kafka import KafkaBus, mock_kafka_cluster
 from tests.ray_cluster import LocalRayCluster, free_port
 
 if TYPE_CHECKING:
+    from serving.service import ScoringService
     from streaming.config import StreamConfig
 
 SLOW_MODULES = frozenset(
@@ -292,3 +293,20 @@ def read_dead_letters(stream: StreamConfig, expected: int) -> list[dict[str, Any
         records += [json.loads(m.value) for m in consumer.poll(100, 0.5)]
     consumer.close()
     return records
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[ScoringService]:
+    """A scoring service over empty SQLite stores and no model: the HTTP contract without a champion."""
+    from feature_repo.online import open_event_buffers
+    from modeling.registry import ModelRegistry
+    from serving.metrics import ServingMetrics
+    from serving.model import ModelStore
+    from serving.service import ScoringService as Service
+
+    registry = ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", "fraud_model")
+    service = Service(
+        open_event_buffers(f"sqlite:///{tmp_path / 'online.db'}"), ModelStore(registry), ServingMetrics()
+    )
+    yield service
+    service.close()

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from feature_repo.online import RedisEventBuffers, open_event_buffers
-from modeling.registry import ModelRegistry
+from feature_repo.online import RedisEventBuffers
 from serving.api import build_api
-from serving.metrics import ServingMetrics
-from serving.model import ModelStore
 from serving.service import ScoringService
 from settings import ServingConfig
 
@@ -45,16 +40,6 @@ class _Loaded:
 
     config = ServingConfig()
     champion = None
-
-
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[ScoringService]:
-    registry = ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", "fraud_model")
-    service = ScoringService(
-        open_event_buffers(f"sqlite:///{tmp_path / 'online.db'}"), ModelStore(registry), ServingMetrics()
-    )
-    yield service
-    service.close()
 
 
 def test_a_body_that_is_no_json_says_why(service: ScoringService) -> None:

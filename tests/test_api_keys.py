@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from feature_repo.online import open_event_buffers
-from modeling.registry import ModelRegistry
 from serving.api import build_api
-from serving.metrics import ServingMetrics
-from serving.model import ModelStore
 from serving.service import ScoringService
 from settings import ApiKeys, AuthSettings, SettingsError, load_settings
 from streaming.bus import Topics
@@ -37,16 +32,6 @@ def keys_file(tmp_path: Path) -> Path:
     path = tmp_path / "api_keys"
     path.write_text(f"# rotated 2026-12-01\n{KEY}\n\n  {OLD_KEY}  \n")
     return path
-
-
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[ScoringService]:
-    registry = ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", "fraud_model")
-    service = ScoringService(
-        open_event_buffers(f"sqlite:///{tmp_path / 'online.db'}"), ModelStore(registry), ServingMetrics()
-    )
-    yield service
-    service.close()
 
 
 def test_keys_come_from_a_file_or_the_environment(keys_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
