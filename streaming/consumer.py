@@ -16,9 +16,11 @@ process killed at any instant loses nothing and duplicates nothing:
    of (`Message.problem`): it is committed with the batch, so no malformed
    entry ever stops a topic, then or after a restart;
 3. land the good events in the lake's stream area, durably (fsync), skipping ids
-   already landed: a redelivered event never lands twice;
-4. apply them to the online event buffers, idempotent by transaction id
-   (transactions and fraud reports only);
+   already landed: a redelivered event never lands twice, and an id re-sent
+   with other content (a *conflict*) is dead-lettered instead, so the lake and
+   the online store keep the first copy and no other;
+4. apply them, less the conflicts, to the online event buffers, idempotent by
+   transaction id (transactions and fraud reports only);
 5. commit. A crash before this point means the whole batch comes again, and
    steps 2 to 4 make the second pass a no-op for what the first one finished.
 
@@ -51,6 +53,7 @@ from streaming.bus import (
     Consumer,
     DeliveryError,
     EventBus,
+    Message,
     Producer,
     Topics,
 )
@@ -63,7 +66,7 @@ from streaming.events import (
     reports_to_frame,
     transactions_to_frame,
 )
-from streaming.landing import ConsumerStatus, StreamLanding
+from streaming.landing import TABLES, ConsumerStatus, StreamLanding
 from streaming.metrics import ConsumerMetrics
 from streaming.predictions import decode_prediction, predictions_to_frame
 
@@ -177,6 +180,9 @@ class Totals:
     landed: int = 0
     duplicates: int = 0
     dead_letters: int = 0
+    """Every event sent to the dead-letter topic: refused ones and conflicts."""
+    conflicts: int = 0
+    """Ids re-sent with other content than their landed copy (also in `dead_letters`)."""
     skipped: int = 0
     watermark: datetime | None = None
     """The latest event time landed (durably) so far: the stream sensor's notion of progress.
@@ -190,9 +196,14 @@ class Totals:
         self.landed += other.landed
         self.duplicates += other.duplicates
         self.dead_letters += other.dead_letters
+        self.conflicts += other.conflicts
         self.skipped += other.skipped
         self.watermark = _latest(self.watermark, other.watermark)
         self.applied = _latest(self.applied, other.applied)
+
+
+RETRY_LOG_EVERY_S = 30.0
+"""While something stays down, how often the consumer says so again: once per interval, not per batch."""
 
 
 def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -219,6 +230,8 @@ class TopicConsumer:
     totals: Totals = field(default_factory=Totals)
     rewind: bool = False
     """A batch failed uncommitted: its messages are to be polled again before anything new."""
+    lag_unknown_logged: float = float("-inf")
+    """When "lag unknown" was last logged: once per `RETRY_LOG_EVERY_S` while the bus does not answer."""
 
     @property
     def topic(self) -> str:
@@ -250,7 +263,7 @@ class TopicConsumer:
         started = time.perf_counter()
         self.metrics.in_flight.labels(self.topic).set(len(messages))
         now = self.clock()
-        good = []
+        good, sources = [], []
         for message in messages:
             decoded = (
                 self.kind.decode(message.value, now, self.settings.max_future)
@@ -258,12 +271,11 @@ class TopicConsumer:
                 else Rejection(message.problem, message.value[:MAX_EVENT_BYTES])
             )
             if isinstance(decoded, Rejection):
-                if self.settings.live:
-                    record = dead_letter(decoded, message.topic, message.position, self.settings.name, now)
-                    self.producer.send(self.topics.dead_letters, record, key=message.key)
+                self._dead_letter(decoded, message, now)
                 batch.dead_letters += 1
             else:
                 good.append(decoded)
+                sources.append(message)
         if batch.dead_letters and self.settings.live:
             self.producer.flush()
         frame = self.kind.to_frame(good)
@@ -276,11 +288,20 @@ class TopicConsumer:
             to_apply = frame
         else:
             to_apply = frame[self.settings.online_window.mask(times)]
+        conflicts: pd.Index = pd.Index([], dtype="int64")
         if len(to_land):
             landed = self.landing.land(self.kind.table, to_land)
             batch.landed, batch.duplicates = landed.landed, landed.duplicates
             batch.watermark = landed.max_event_time
+            conflicts = to_land.index[landed.conflicts]
+        if len(unlanded := to_apply.loc[to_apply.index.difference(to_land.index)]):
+            conflicts = conflicts.union(unlanded.index[self.landing.conflicts(self.kind.table, unlanded)])
         batch.skipped = len(frame) - len(to_land.index.union(to_apply.index))
+        if len(conflicts):
+            self._conflicts(frame.loc[conflicts], [sources[i] for i in conflicts], now)
+            batch.conflicts = len(conflicts)
+            batch.dead_letters += len(conflicts)
+            to_apply = to_apply.drop(index=conflicts, errors="ignore")
         if apply_online is not None and len(to_apply):
             apply_online(self.online, to_apply)
             batch.applied = to_apply[self.kind.time_column].max().to_pydatetime()
@@ -296,7 +317,8 @@ class TopicConsumer:
         for outcome, count in (
             ("landed", batch.landed),
             ("duplicate", batch.duplicates),
-            ("dead_letter", batch.dead_letters),
+            ("dead_letter", batch.dead_letters - batch.conflicts),
+            ("conflict", batch.conflicts),
             ("skipped", batch.skipped),
         ):
             self.metrics.events.labels(self.topic, outcome).inc(count)
@@ -305,12 +327,30 @@ class TopicConsumer:
             self.metrics.watermark.labels(self.topic).set(self.totals.applied.timestamp())
         return batch
 
+    def _dead_letter(self, rejection: Rejection, message: Message, now: datetime) -> None:
+        """Send one refused event to the dead-letter topic (the live group only: a replay counts them)."""
+        if self.settings.live:
+            record = dead_letter(rejection, message.topic, message.position, self.settings.name, now)
+            self.producer.send(self.topics.dead_letters, record, key=message.key)
+
+    def _conflicts(self, rows: pd.DataFrame, sources: list[Message], now: datetime) -> None:
+        """Dead-letter the copies of ids landed with other content, flushed before the batch commits."""
+        id_column = TABLES[self.kind.table].id_column
+        for event_id, message in zip(rows[id_column].tolist(), sources, strict=True):
+            reason = f"conflict: {id_column} {event_id} is already landed with other content"
+            self._dead_letter(Rejection(reason, message.value[:MAX_EVENT_BYTES]), message, now)
+        if self.settings.live:
+            self.producer.flush()
+        log.warning("%s: %d id(s) re-sent with other content, dead-lettered", self.topic, len(rows))
+
     def report(self) -> ConsumerStatus:
         """Refresh the lag and publish the status file that Dagster's `event_stream` observes."""
         try:
             self.totals.lag = self.consumer.lag()
         except Exception as exc:  # the bus's own error types differ; a status is not worth a crash
-            log.warning("%s: lag unknown: %s", self.topic, exc)
+            if (now_s := time.monotonic()) - self.lag_unknown_logged >= RETRY_LOG_EVERY_S:
+                log.warning("%s: lag unknown: %s", self.topic, exc)
+                self.lag_unknown_logged = now_s
             self.totals.lag = None
         if self.totals.lag is not None:
             self.metrics.lag.labels(self.topic).set(self.totals.lag)
@@ -343,8 +383,6 @@ RETRIED: tuple[tuple[type[Exception], str], ...] = (
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 """The `OSError`s that space or a disk coming back cures; any other (a wrong path, no permission)
 ends the consumer with its message instead of being retried for ever."""
-RETRY_LOG_EVERY_S = 30.0
-"""While something stays down, how often the consumer says so again: once per interval, not per batch."""
 MAX_BACKOFF_S = 5.0
 
 

@@ -20,6 +20,14 @@ to a day. Two processes landing the same id into the same day at the same
 instant can still both write it, since nothing locks a day across machines;
 :meth:`StreamLanding.read_day` drops such doubles, so readers never see them.
 
+An id lands once. A second copy with the same content is a redelivery
+(``duplicates``); one with other content (another amount, another time, so
+perhaps another day) is a *conflict*: it is not landed, and :meth:`land`
+returns its position so the consumer dead-letters it and keeps it from the
+online store too. Conflicts are recognised across the days within
+:data:`DEDUP_DAYS` of each other; keeping every id ever landed would grow
+without bound.
+
 One :class:`StreamLanding` object is meant for one thread.
 """
 
@@ -33,8 +41,8 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -62,10 +70,14 @@ EVENT_TABLES = ("transactions", "fraud_reports")
 """The tables of the events that features, labels and training sets are made of: what ingestion lands.
 ``predictions`` is serving's output, landed for monitoring only."""
 
+DEDUP_DAYS = 40
+"""How far apart two copies of one id are still recognised as one: past the features' longest look-back
+(30 days, after the labels' 7-day delay), so no feature value or training row can count both."""
 STATUS_DIR = "_status"
 STALE_TMP = timedelta(hours=1)
 """A temporary file this old is a killed writer's leftover: no live write of one batch takes that long."""
-DEFAULT_CACHED_DAYS = 64
+DEFAULT_CACHED_DAYS = 2 * DEDUP_DAYS + 8
+"""Every day a batch compares with stays in memory, with room for a replay's moving window."""
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -76,7 +88,9 @@ class LandResult:
 
     Attributes:
         landed: rows newly written.
-        duplicates: rows whose id was already landed in their day, or repeated in the batch.
+        duplicates: rows already landed with the same content, or repeated so in the batch.
+        conflicts: positions (in the frame given) of rows refused because their id is landed,
+            or earlier in the batch, with other content; not counted in ``duplicates``.
         files: the new files, one per day that got new rows.
         max_event_time: the latest event time of the batch, landed or already there (``None`` for an
             empty batch): every row up to it is durable once the call returns, so it may advance
@@ -87,6 +101,7 @@ class LandResult:
     duplicates: int
     files: tuple[Path, ...]
     max_event_time: datetime | None
+    conflicts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -118,15 +133,24 @@ class ConsumerStatus:
 
 
 class _Day:
-    """The ids landed in one day, and which of the day's files they were read from."""
+    """The ids landed in one day with a digest of each one's content, and the files they were read from."""
 
     def __init__(self) -> None:
         self.files: set[str] = set()
-        self.ids: np.ndarray = np.array([], dtype="int64")
+        self.ids: np.ndarray = np.array([], dtype="int64")  # sorted, unique
+        self.digests: np.ndarray = np.array([], dtype="uint64")  # the first landed copy's, by id
 
-    def add(self, name: str, ids: np.ndarray) -> None:
+    def add(self, name: str, ids: np.ndarray, digests: np.ndarray) -> None:
+        """Merge a file's rows; an id already known keeps its digest (the earliest file's row wins)."""
         self.files.add(name)
-        self.ids = np.union1d(self.ids, ids)
+        merged, first = np.unique(np.concatenate([self.ids, ids]), return_index=True)
+        self.ids, self.digests = merged, np.concatenate([self.digests, digests])[first]
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each id: whether it is landed here, and its landed digest (0 where not)."""
+        at = np.searchsorted(self.ids, ids).clip(max=max(len(self.ids) - 1, 0))
+        found = self.ids[at] == ids if len(self.ids) else np.zeros(len(ids), dtype=bool)
+        return found, np.where(found, self.digests[at] if len(self.ids) else 0, 0).astype("uint64")
 
 
 class StreamLanding:
@@ -153,10 +177,11 @@ class StreamLanding:
     def land(self, table: str, frame: pd.DataFrame) -> LandResult:
         """Write the rows of ``frame`` not yet landed, one new file per UTC day; durable on return.
 
-        A row is skipped when its id is already landed in its day, by this object or by any
-        other process writing to the same root, or appears earlier in the batch. A crash during
-        the call lands some days' files whole and others not at all, so the caller must not
-        commit its offsets unless the call returned; delivering the batch again is then safe.
+        A row is skipped when its id is already landed, by this object or by any other process
+        writing to the same root, or appears earlier in the batch: as a duplicate when the
+        content is the same, as a conflict (see the module docstring) when it is not. A crash
+        during the call lands some days' files whole and others not at all, so the caller must
+        not commit its offsets unless the call returned; delivering the batch again is then safe.
 
         Args:
             table: a key of :data:`TABLES`.
@@ -172,19 +197,63 @@ class StreamLanding:
         if frame.empty:
             return LandResult(0, 0, (), None)
         frame = frame.assign(**{keys.time_column: times})
+        days = times.dt.strftime("%Y-%m-%d").to_numpy()
+        new, conflicts = self._classify(table, frame, days)
         landed, files = 0, []
-        for day, rows in frame.groupby(times.dt.strftime("%Y-%m-%d").to_numpy(), sort=True):
-            cached = self._refreshed(table, str(day))
-            ids = rows[keys.id_column].drop_duplicates()
-            new = rows.loc[ids.index[~np.isin(ids.to_numpy(), cached.ids)]]
-            if new.empty:
-                continue
-            path = self._write(table, str(day), new.reset_index(drop=True))
-            cached.add(path.name, new[keys.id_column].to_numpy())
-            landed += len(new)
+        for day, rows in frame[new].groupby(days[new], sort=True):
+            path = self._write(table, str(day), rows.reset_index(drop=True))
+            if (cached := self._cache.get((table, str(day)))) is not None:  # else read back when next needed
+                cached.add(path.name, rows[keys.id_column].to_numpy(), _digests(rows))
+            landed += len(rows)
             files.append(path)
         latest = times.max().floor("us").to_pydatetime()
-        return LandResult(landed, len(frame) - landed, tuple(files), latest)
+        return LandResult(landed, len(frame) - landed - len(conflicts), tuple(files), latest, conflicts)
+
+    def conflicts(self, table: str, frame: pd.DataFrame) -> np.ndarray:
+        """Positions of the rows of ``frame`` that :meth:`land` would refuse as conflicts; writes nothing.
+
+        For rows a consumer applies online without landing them (a replay's look-back): the
+        online store must get the landed copy of an id, never another.
+        """
+        keys = _keys(table)
+        frame = frame.reset_index(drop=True)
+        times = _utc_times(frame, keys)
+        if frame.empty:
+            return np.zeros(0, dtype=np.int64)
+        frame = frame.assign(**{keys.time_column: times})
+        return self._classify(table, frame, times.dt.strftime("%Y-%m-%d").to_numpy())[1]
+
+    def _classify(self, table: str, frame: pd.DataFrame, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which rows are new (a mask) and which conflict (positions), by the batch and landed ids."""
+        ids = frame[TABLES[table].id_column].to_numpy()
+        digests = _digests(frame)
+        first = ~pd.Series(ids).duplicated().to_numpy()
+        # A later copy in the batch is judged against the batch's first copy of its id.
+        first_digest = pd.Series(digests[first], index=ids[first]).reindex(ids).to_numpy()
+        conflict = ~first & (digests != first_digest)
+        new = first.copy()
+        for day in self._window(table, np.unique(days)):
+            found, landed = day.lookup(ids)
+            conflict |= first & found & (landed != digests)
+            new &= ~found
+        new &= ~conflict
+        return new, np.flatnonzero(conflict)
+
+    def _window(self, table: str, days: np.ndarray) -> list[_Day]:
+        """The landed ids of the batch's days (refreshed) and of the landed days within DEDUP_DAYS of them."""
+        span = timedelta(days=DEDUP_DAYS)
+        low = (date.fromisoformat(str(days[0])) - span).isoformat()
+        high = (date.fromisoformat(str(days[-1])) + span).isoformat()
+        own = [str(day) for day in days]
+        base = self.root / table
+        landed_days = (
+            name.removeprefix("date=")
+            for name in (os.listdir(base) if base.is_dir() else [])
+            if name.startswith("date=")
+        )
+        near = sorted(day for day in landed_days if low <= day <= high and day not in own)
+        # The batch's own days last, so they are the most recently used when the cache evicts.
+        return [*(self._cached(table, day) for day in near), *(self._refreshed(table, day) for day in own)]
 
     def days(self, table: str) -> list[str]:
         """The days with at least one landed file, in order."""
@@ -265,6 +334,14 @@ class StreamLanding:
         """The day's complete files, in the order they were written (names start with the write time)."""
         return sorted(self.day_dir(table, day).glob("*.parquet"))
 
+    def _cached(self, table: str, day: str) -> _Day:
+        """The day's landed ids as last seen, read from disk if not in memory; marked recently used."""
+        cached = self._cache.get((table, day))
+        if cached is None:
+            return self._refreshed(table, day)
+        self._cache.move_to_end((table, day))
+        return cached
+
     def _refreshed(self, table: str, day: str) -> _Day:
         """The day's landed ids, including files another process wrote since this one last looked."""
         key = (table, day)
@@ -275,7 +352,8 @@ class StreamLanding:
         id_column = TABLES[table].id_column
         for path in self._files(table, day):
             if path.name not in cached.files:
-                cached.add(path.name, pd.read_parquet(path, columns=[id_column])[id_column].to_numpy())
+                rows = pd.read_parquet(path)
+                cached.add(path.name, rows[id_column].to_numpy(), _digests(rows))
         _remove_stale_tmp(self.day_dir(table, day))
         return cached
 
@@ -289,6 +367,20 @@ def _keys(table: str) -> TableKeys:
         return TABLES[table]
     except KeyError:
         raise ValueError(f"unknown table {table!r}: one of {', '.join(TABLES)}") from None
+
+
+def _digests(frame: pd.DataFrame) -> np.ndarray:
+    """One 64-bit digest per row of its content, the same for a batch's row and the row read back from disk.
+
+    Times are taken as UTC microseconds, since a parquet round trip may change their unit.
+    """
+    canonical = {
+        name: frame[name].dt.tz_convert(None).dt.as_unit("us").astype("int64")
+        if isinstance(frame[name].dtype, pd.DatetimeTZDtype)
+        else frame[name]
+        for name in sorted(frame.columns)
+    }
+    return pd.util.hash_pandas_object(pd.DataFrame(canonical), index=False).to_numpy()
 
 
 def _has_parquet(directory: Path) -> bool:

@@ -34,6 +34,7 @@ from streaming.consumer import ConsumerSettings, StreamConsumer, _retried_cause
 from streaming.landing import LandResult, StreamLanding
 from streaming.traffic import send_events
 from tests.conftest import local_settings, needs_tool
+from tests.kafka_brokers import mock_brokers
 
 pytestmark = [pytest.mark.integration, needs_tool(REDIS_SERVER is not None, "redis-server")]
 
@@ -83,6 +84,8 @@ class Running:
         return registry.get_sample_value(name, labels) or 0.0
 
     def close(self) -> None:
+        if self.stop.is_set():
+            return
         self.stop.set()
         self.thread.join(timeout=30)
         self.consumer.close()
@@ -109,6 +112,23 @@ def _landed_ids(stream: StreamConfig) -> pd.Series:
     return pd.concat([pd.read_parquet(f, columns=["TRANSACTION_ID"]) for f in files])["TRANSACTION_ID"]
 
 
+class _CallsOnLand:
+    """The real landing, that calls `action` once its `nth` land() call has returned."""
+
+    def __init__(self, landing: StreamLanding, nth: int, action: Callable[[], None]) -> None:
+        self._landing, self._nth, self._action, self.calls = landing, nth, action, 0
+
+    def land(self, table: str, frame: pd.DataFrame) -> LandResult:
+        result = self._landing.land(table, frame)
+        self.calls += 1
+        if self.calls == self._nth:
+            self._action()
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._landing, name)
+
+
 def _send(stream: StreamConfig, transactions: pd.DataFrame, reports: pd.DataFrame) -> None:
     """Send until the bus confirms, as a producer told "resend" does: duplicates are the consumer's job."""
     deadline = time.monotonic() + 60
@@ -130,8 +150,22 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 90) -
         time.sleep(0.2)
 
 
+def _send_rest_and_check(
+    stream: StreamConfig, consumer: Running, transactions: pd.DataFrame, half: int, week: SimulatedData
+) -> None:
+    """After the outage: the rest sent, every event landed once, the consumer alive, retries counted."""
+    _send(stream, transactions.iloc[half:], week.fraud_reports.iloc[:0])
+    _wait_for(lambda: _landed_ids(stream).nunique() == len(transactions), "every event landed")
+    landed = _landed_ids(stream)
+    assert consumer.error is None and consumer.thread.is_alive()
+    assert landed.is_unique, f"{landed.duplicated().sum()} events landed twice"
+    assert set(landed) == set(transactions["TRANSACTION_ID"])
+    topic = stream.topics().transactions
+    assert consumer.sample("fraudpipe_stream_retried_batches_total", topic=topic, cause="bus") > 0
+
+
 def test_a_bus_outage_is_waited_out_and_loses_nothing(
-    tmp_path: Path, week: SimulatedData, running: Callable[..., Running]
+    tmp_path: Path, week: SimulatedData, running: Callable[..., Running], caplog: pytest.LogCaptureFixture
 ) -> None:
     transactions = week.events()
     half = len(transactions) // 2
@@ -143,16 +177,38 @@ def test_a_bus_outage_is_waited_out_and_loses_nothing(
         server.kill()
         time.sleep(3)  # the consumer polls, fails, backs off: it must not exit
         assert consumer.error is None and consumer.thread.is_alive()
+        said = [r.getMessage() for r in caplog.records]
+        # 3 s of statuses every 0.5 s and batches every few ms: each problem said once per topic.
+        assert sum("lag unknown" in m for m in said) <= 2, said
+        assert sum("unavailable for" in m for m in said) <= 3, said
         server.start()  # same port, same append-only file: every acknowledged entry is back
-        _send(stream, transactions.iloc[half:], week.fraud_reports.iloc[:0])
-        _wait_for(lambda: _landed_ids(stream).nunique() == len(transactions), "every event landed")
-        landed = _landed_ids(stream)
-        assert consumer.error is None and consumer.thread.is_alive()
-        assert landed.is_unique, f"{landed.duplicated().sum()} events landed twice"
-        assert set(landed) == set(transactions["TRANSACTION_ID"])
+        _send_rest_and_check(stream, consumer, transactions, half, week)
         topic = stream.topics().transactions
-        assert consumer.sample("fraudpipe_stream_retried_batches_total", topic=topic, cause="bus") > 0
         assert consumer.sample("fraudpipe_stream_bus_data_lost_total", topic=topic) == 0
+
+
+def test_a_kafka_broker_restart_is_waited_out_and_loses_nothing(
+    tmp_path: Path, week: SimulatedData, running: Callable[..., Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every broker of the cluster down for 10 s, its logs kept (a restart): the consumer reconnects."""
+    transactions = week.events()
+    half = len(transactions) // 2
+    with mock_brokers() as brokers:
+        stream = replace(
+            _stream(tmp_path, f"kafka://{brokers.bootstrap}"), session_timeout_ms=6_000, batch_size=200
+        )
+        _send(stream, transactions.iloc[:half], week.fraud_reports.iloc[:0])
+        # The brokers go down between the second batch's landing and its commit: the commit fails
+        # ("waiting for coordinator"), and the batch is retried until the brokers are back.
+        landing = _CallsOnLand(stream.landing(), 2, brokers.down)
+        consumer = running(stream, landing)
+        _wait_for(lambda: landing.calls >= 2, "the second batch")
+        time.sleep(10)
+        assert consumer.error is None and consumer.thread.is_alive()
+        assert sum("lag unknown" in r.getMessage() for r in caplog.records) <= 2, "said once per topic"
+        brokers.up()
+        _send_rest_and_check(stream, consumer, transactions, half, week)
+        consumer.close()  # while the cluster is there to leave the group
 
 
 def test_a_bus_that_came_back_empty_is_reported_and_reading_goes_on(

@@ -1,4 +1,4 @@
-"""The landing area: each event id lands once per day, in whole files only, durable once land() returns."""
+"""The landing area: each event id lands once (another content is a conflict), whole files only, durable."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from streaming.events import Transaction, transactions_to_frame
-from streaming.landing import ConsumerStatus, StreamLanding
+from streaming.landing import DEDUP_DAYS, ConsumerStatus, StreamLanding
 
 DAY = datetime(2018, 4, 1, tzinfo=UTC)
 
@@ -19,10 +19,8 @@ DAY = datetime(2018, 4, 1, tzinfo=UTC)
 def transactions(
     ids: range | list[int], start: datetime = DAY, step: timedelta = timedelta(minutes=7)
 ) -> pd.DataFrame:
-    """Typed transactions as the consumer builds them, one every `step` from `start`."""
-    return transactions_to_frame(
-        [Transaction(i, start + n * step, i % 13, i % 17, 10.0 + i) for n, i in enumerate(ids)]
-    )
+    """Typed transactions as the consumer builds them: id `i` at `start + i * step` (one id, one content)."""
+    return transactions_to_frame([Transaction(i, start + i * step, i % 13, i % 17, 10.0 + i) for i in ids])
 
 
 def landed_ids(landing: StreamLanding, day: str = "2018-04-01") -> list[int]:
@@ -79,13 +77,31 @@ def test_days_are_utc_days_whatever_the_offset(tmp_path: Path) -> None:
     assert str(landing.read_day("transactions", "2018-04-02")["TX_DATETIME"].dt.tz) == "UTC"
 
 
-def test_an_id_lands_once_per_day_not_once_ever(tmp_path: Path) -> None:
-    """Dedup is by id within a day: an id reused on another day reaches the checks instead of vanishing."""
+def test_an_id_re_sent_with_other_content_is_a_conflict_on_any_day(tmp_path: Path) -> None:
+    """One landed copy per id: a second copy with other content is refused and named, not landed."""
+    landing = StreamLanding(tmp_path)
+    landing.land("transactions", transactions([7, 8]))
+    other_day = transactions([7], start=DAY + timedelta(days=3))
+    other_amount = transactions([8]).assign(TX_AMOUNT=99.0)
+    in_batch = pd.concat([transactions([9]), transactions([9]).assign(TX_AMOUNT=1.0)], ignore_index=True)
+    result = landing.land("transactions", pd.concat([other_day, other_amount, in_batch], ignore_index=True))
+    assert (result.landed, result.duplicates, result.conflicts.tolist()) == (1, 0, [0, 1, 3])
+    assert landing.days("transactions") == ["2018-04-01"], "no second copy on another day"
+    day = landing.read_day("transactions", "2018-04-01").set_index("TRANSACTION_ID")["TX_AMOUNT"]
+    assert day.to_dict() == {7: 17.0, 8: 18.0, 9: 19.0}, "the first copy stays"
+    again = StreamLanding(tmp_path).land("transactions", transactions([7, 8, 9]))
+    assert (again.landed, again.duplicates, len(again.conflicts)) == (0, 3, 0), "read back from disk alike"
+    assert StreamLanding(tmp_path).conflicts("transactions", other_day).tolist() == [0]
+
+
+def test_conflicts_are_recognised_within_the_dedup_window_only(tmp_path: Path) -> None:
+    """The bound that keeps memory finite: copies further apart than DEDUP_DAYS are not compared."""
     landing = StreamLanding(tmp_path)
     landing.land("transactions", transactions([7]))
-    result = landing.land("transactions", transactions([7], start=DAY + timedelta(days=1)))
-    assert result.landed == 1
-    assert landing.count("transactions") == 2
+    inside = landing.land("transactions", transactions([7], start=DAY - timedelta(days=DEDUP_DAYS)))
+    assert inside.conflicts.tolist() == [0], "an earlier re-sent copy is found too"
+    outside = landing.land("transactions", transactions([7], start=DAY + timedelta(days=DEDUP_DAYS + 1)))
+    assert (outside.landed, len(outside.conflicts)) == (1, 0)
 
 
 def test_a_leftover_tmp_file_is_ignored_then_cleaned_up(tmp_path: Path) -> None:

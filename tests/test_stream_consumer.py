@@ -31,6 +31,7 @@ GOOD = {
     "TERMINAL_ID": 2,
     "TX_AMOUNT": 12.5,
 }
+DAY_ZERO = datetime(2018, 4, 1, tzinfo=UTC)
 BAD_EVENTS: dict[str, tuple[bytes, str]] = {
     "malformed JSON": (b'{"TRANSACTION_ID": 1,', "malformed JSON"),
     "not an object": (b"[1, 2]", "must be a JSON object"),
@@ -111,6 +112,69 @@ def test_bad_events_go_to_dead_letters_with_their_reason_and_good_ones_land(
         assert record["consumer"] == "consumer-0"
     # The online store saw the good events only.
     assert len(stream.online().dump().customer_events) == len(events)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_id_re_sent_with_other_content_keeps_its_first_copy_everywhere(
+    backend: str, tmp_path: Path, namespace: str, kafka_bootstrap: str, week: SimulatedData
+) -> None:
+    """Ids re-sent with another amount, day, customer or report time: dead-lettered, not landed or applied."""
+    stream = stream_resource(backend, tmp_path, namespace, kafka_bootstrap)
+    bus = stream.bus()
+    bus.ensure_topics(stream.topics().names())
+    events, reports = week.events(), week.fraud_reports
+    send_events(bus.producer(), stream.topics(), events, reports)
+    resent = events.iloc[[10, 20, 30, 40]].copy()
+    resent.iloc[0, resent.columns.get_loc("TX_AMOUNT")] += 1.0
+    resent.iloc[1, resent.columns.get_loc("TX_DATETIME")] += timedelta(days=2)
+    resent.iloc[2, resent.columns.get_loc("CUSTOMER_ID")] += 1
+    resent.iloc[2, resent.columns.get_loc("TERMINAL_ID")] += 1
+    # Row 3 is an exact copy: a redelivery, not a conflict.
+    resent_reports = reports.iloc[:2].assign(
+        REPORT_DATETIME=lambda f: f["REPORT_DATETIME"] - timedelta(hours=1)
+    )
+    send_events(bus.producer(), stream.topics(), resent, resent_reports)
+
+    with _consume(stream) as consumer:
+        totals = consumer.run(idle_exit_s=0.5)
+    assert (totals["transactions"].conflicts, totals["transactions"].duplicates) == (3, 1)
+    assert totals["fraud_reports"].conflicts == 2
+    pd.testing.assert_frame_equal(
+        _landed(stream, "transactions").sort_values("TRANSACTION_ID", ignore_index=True),
+        events.sort_values("TRANSACTION_ID", ignore_index=True),
+        check_exact=True,
+    )
+    landed_reports = _landed(stream, "fraud_reports").set_index("TRANSACTION_ID")["REPORT_DATETIME"]
+    sent_reports = reports.set_index("TRANSACTION_ID")["REPORT_DATETIME"]
+    # The bus carries microseconds (truncated); the simulator's reports have nanoseconds.
+    assert (landed_reports.sort_index() - sent_reports.sort_index()).abs().max() < timedelta(microseconds=1)
+    records = read_dead_letters(stream, 5)
+    assert sorted(r["reason"].split()[2] for r in records) == sorted(
+        str(i) for i in [*resent["TRANSACTION_ID"][:3], *resent_reports["TRANSACTION_ID"]]
+    )
+    assert all("already landed with other content" in r["reason"] for r in records)
+
+    clean = stream_resource(backend, tmp_path / "clean", f"{namespace}clean-", kafka_bootstrap).online()
+    clean.add_transactions(events)
+    clean.add_reports(reports.assign(REPORT_DATETIME=reports["REPORT_DATETIME"].dt.floor("us")))
+    expected = clean.dump()
+
+    def assert_first_copies_online() -> None:
+        online = stream.online().dump()
+        for part in ("customer_events", "terminal_events", "reports"):
+            pd.testing.assert_frame_equal(getattr(online, part), getattr(expected, part), obj=part)
+        assert online.watermark == expected.watermark, "no later copy moved the store's clock"
+
+    assert_first_copies_online()
+    # A replay applies its look-back without landing it: the landed copies still decide.
+    stream.online().clear()
+    window = TimeWindow(datetime(2018, 4, 8, tzinfo=UTC))
+    replay_settings = ConsumerSettings(
+        group="replay", name="replay", land_window=window, online_window=TimeWindow(DAY_ZERO), live=False
+    )
+    with StreamConsumer(bus, stream.topics(), stream.landing(), stream.online(), replay_settings) as replay:
+        assert replay.run(idle_exit_s=0.5)["transactions"].conflicts == 3
+    assert_first_copies_online()
 
 
 class SlowLanding:
