@@ -42,6 +42,12 @@ RUN_MONITORING_KEYS = {
     "poll_interval_seconds": "pollIntervalSeconds",
     "free_slots_after_run_end_seconds": "freeSlotsAfterRunEndSeconds",
 }
+# run_retries keys the chart renders from dagsterDaemon.runRetries.
+RUN_RETRIES_KEYS = {
+    "enabled": "enabled",
+    "max_retries": "maxRetries",
+    "retry_on_asset_or_op_failure": "retryOnAssetOrOpFailure",
+}
 # Sections the chart always writes itself; the same key in additionalInstanceConfig would clash.
 CHART_SECTIONS = {
     "scheduler",
@@ -83,12 +89,15 @@ def render(
             f"{instance}: the Dagster chart needs PostgreSQL storage, found {config.get('storage')}"
         )
     run_monitoring = config.get("run_monitoring", {})
-    unknown = set(run_monitoring) - set(RUN_MONITORING_KEYS)
-    if unknown:
-        raise ValueError(f"{instance}: run_monitoring keys the chart cannot render: {sorted(unknown)}")
-    extra = {
-        key: value for key, value in config.items() if key not in {"storage", "telemetry", "run_monitoring"}
-    }
+    run_retries = config.get("run_retries", {})
+    for section, known, keys in (
+        ("run_monitoring", RUN_MONITORING_KEYS, run_monitoring),
+        ("run_retries", RUN_RETRIES_KEYS, run_retries),
+    ):
+        if unknown := set(keys) - set(known):
+            raise ValueError(f"{instance}: {section} keys the chart cannot render: {sorted(unknown)}")
+    rendered = {"storage", "telemetry", "run_monitoring", "run_retries"}
+    extra = {key: value for key, value in config.items() if key not in rendered}
     clashing = set(extra) & CHART_SECTIONS
     if clashing:
         raise ValueError(f"{instance}: sections the chart writes from its own values: {sorted(clashing)}")
@@ -125,6 +134,7 @@ def render(
         "dagsterDaemon": {
             "resources": settings.dagster_daemon.resources(),
             "runMonitoring": {RUN_MONITORING_KEYS[key]: value for key, value in run_monitoring.items()},
+            "runRetries": {RUN_RETRIES_KEYS[key]: value for key, value in run_retries.items()},
         },
         "runLauncher": {
             "type": "K8sRunLauncher",

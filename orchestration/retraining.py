@@ -26,7 +26,9 @@ shorten them. No sensor launches while a retraining run is unfinished: the
 instance's run monitoring (`orchestration/instance/*/dagster.yaml`) fails a
 run that never started, so a crash cannot block retraining for good. A key is
 spent by its run even when the run fails: a failed retraining needs a person
-(or the next trigger), not a loop of retries.
+(or the next trigger), not a loop of retries. Only a run that failed outside
+its steps (its database restarting, say) is launched again, once, by the prod
+instance's `run_retries`; the retry is unfinished retraining like its parent.
 
 Days are days of event time, so a replay and live traffic follow one policy.
 The retraining window ends at the latest settled day (every fraud in it

@@ -27,6 +27,8 @@ class TcpProxy:
     def cut(self) -> None:
         """Refuse new connections and reset every open one."""
         with self._lock:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
             self._listener.close()
             for sock in self._sockets:
                 with contextlib.suppress(OSError):

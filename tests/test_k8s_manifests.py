@@ -865,9 +865,11 @@ def test_dagster_values_come_from_the_instance_and_workspace() -> None:
         head, *rest = key.split("_")
         return head + "".join(word.title() for word in rest)
 
-    assert rendered["dagsterDaemon"]["runMonitoring"] == {
-        camel(key): value for key, value in instance["run_monitoring"].items()
-    }
+    for section, chart_key in (("run_monitoring", "runMonitoring"), ("run_retries", "runRetries")):
+        assert rendered["dagsterDaemon"][chart_key] == {
+            camel(key): value for key, value in instance[section].items()
+        }
+    assert rendered["dagsterDaemon"]["runRetries"]["retryOnAssetOrOpFailure"] is False
     assert rendered["telemetry"] == {"enabled": instance["telemetry"]["enabled"]}
 
     assert rendered["runLauncher"]["type"] == "K8sRunLauncher"
@@ -895,6 +897,10 @@ def test_renderer_refuses_what_the_chart_cannot_express(tmp_path: Path) -> None:
     monitoring.write_text("storage:\n  postgres: {}\nrun_monitoring:\n  enabled: true\n  unknown_knob: 1\n")
     with pytest.raises(ValueError, match="unknown_knob"):
         dagster_values.render(SETTINGS, instance=monitoring)
+    retries = tmp_path / "retries.yaml"
+    retries.write_text("storage:\n  postgres: {}\nrun_retries:\n  enabled: true\n  retry_limit: 1\n")
+    with pytest.raises(ValueError, match="run_retries keys the chart cannot render"):
+        dagster_values.render(SETTINGS, instance=retries)
 
 
 # --- Least privilege: PostgreSQL's superuser is the prod-init Job's, each service has its own role ---
