@@ -1,9 +1,11 @@
-"""The consumer waits out a Redis that goes away and comes back, and says so when it came back empty.
+"""The consumer waits out a bus, online store or disk that goes away and comes back, and says so
+when the bus came back empty.
 
-Each test runs its own `redis-server` (tests.redis_server) so it can SIGKILL and restart it
-while a `StreamConsumer` runs in a thread: the consumer must never exit, land every event
-exactly once, and, when the server came back without what it had acknowledged (no
-persistence), report the loss instead of reading on as if nothing had happened.
+Each Redis test runs its own `redis-server` (bench.redis_server) so it can SIGKILL and restart
+it, and the Kafka test its own mock cluster (tests.kafka_brokers) so it can take the brokers
+down and up, while a `StreamConsumer` runs in a thread: the consumer must never exit, land
+every event exactly once, and, when the server came back without what it had acknowledged
+(no persistence), report the loss instead of reading on as if nothing had happened.
 """
 
 from __future__ import annotations
