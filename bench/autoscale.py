@@ -59,13 +59,13 @@ from bench.loadgen import (
     _Run,
     run_in_process,
 )
+from bench.ports import free_port
 from bench.results import write_result
 from bench.serve import (
     BY_KEY,
     SERVE_SIZE,
     Server,
     _cpu_seconds,
-    _free_port,
     prepare,
 )
 
@@ -764,7 +764,7 @@ def measure(
     from serving.deploy import ServeApi, serve_config
     from settings import load_settings
 
-    dashboard = _free_port()
+    dashboard = free_port()
     api: Any = None
     overrides = serving_overrides(plan, target, max_replicas=1)
     base = BY_KEY["ours-haproxy" if haproxy else "ours"]

@@ -31,7 +31,6 @@ import queue
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from bench.common import (
     simulator_config,
 )
 from bench.loadgen import LoadResult, LoadSpec, run_in_process
+from bench.ports import free_port
 from bench.results import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -563,12 +563,6 @@ def serve_child(argv: Sequence[str]) -> None:
         _serve_ray(variant.kind, args.port, probe)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _haproxy_env(scratch: Path) -> dict[str, str]:
     """HAProxy's files and side ports of this run only: its defaults (/tmp/haproxy-serve, 8404, 9101)
     are shared by every Serve instance on the machine, a test run's included."""
@@ -577,8 +571,8 @@ def _haproxy_env(scratch: Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(scratch / "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(scratch),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(scratch / "server-state"),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
     }
 
 
@@ -587,8 +581,8 @@ class Server:
 
     def __init__(self, variant: Variant, data_dir: Path, requests: Requests) -> None:
         self.variant = variant
-        self.port = _free_port()
-        self.ray_metrics_port = _free_port()
+        self.port = free_port()
+        self.ray_metrics_port = free_port()
         self.metrics_url = (
             f"http://127.0.0.1:{self.port}/metrics"
             if variant.kind == "uvicorn"
@@ -601,7 +595,7 @@ class Server:
             "FRAUDPIPE_PROFILE": "local",
             "FRAUDPIPE_DATA_DIR": str(data_dir),
             "FRAUDPIPE_SERVING__PORT": str(self.port),
-            "FRAUDPIPE_SERVING__RAY_DASHBOARD_PORT": str(_free_port()),
+            "FRAUDPIPE_SERVING__RAY_DASHBOARD_PORT": str(free_port()),
             "FRAUDPIPE_SERVING__RAY_METRICS_PORT": str(self.ray_metrics_port),
             # Ray's metrics agents export every second instead of every 10: phases are a few seconds.
             "RAY_metrics_report_interval_ms": "1000",

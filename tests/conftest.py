@@ -23,12 +23,13 @@ import prometheus_client.values  # noqa: F401
 import pytest
 import redis
 
+from bench.ports import free_port
 from orchestration.profiles import build_resources
 from orchestration.runner import run_pipeline
 from settings import ServingSettings, Settings, StreamSettings, load_settings
 from simulator import SimulatedData, SimulatorConfig, simulate, write_dataset
 from streaming.bus_kafka import KafkaBus, mock_kafka_cluster
-from tests.ray_cluster import LocalRayCluster, free_port
+from tests.ray_cluster import LocalRayCluster
 
 if TYPE_CHECKING:
     from serving.service import ScoringService

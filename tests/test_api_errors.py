@@ -4,12 +4,12 @@ name a host, a path or a URL with a password."""
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.ports import free_port
 from feature_repo.online import RedisEventBuffers
 from serving.api import build_api
 from serving.service import ScoringService
@@ -94,9 +94,7 @@ def test_an_online_store_that_does_not_answer_is_a_503_never_a_cold_start_score(
     service: ScoringService, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A real Redis client on a port nobody listens on: no score from missing features, a reason, a retry."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     down = RedisEventBuffers(f"redis://127.0.0.1:{port}/0?socket_connect_timeout=0.5")
     monkeypatch.setattr(service, "_online", down)
     monkeypatch.setattr(service, "_serving", _Loaded())

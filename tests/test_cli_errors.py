@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.ports import free_port
 from settings import PROJECT_ROOT
-from tests.ray_cluster import free_port
 
 NO_DOT_ENV = pytest.mark.skipif(
     (PROJECT_ROOT / ".env").exists(), reason=".env sets variables these tests need unset"

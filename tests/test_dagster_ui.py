@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from bench.ports import free_port
 from demo.scenario import ScenarioPlan, initial_model_config, live, prepare_history
 from demo.scorers import InProcessScorer
 from orchestration import CODE_LOCATION
@@ -33,7 +34,6 @@ from orchestration.retraining import RETRAINING_SENSORS
 from settings import ServingConfig
 from simulator import SimulatorConfig, simulate
 from tests.conftest import local_settings, needs_tool
-from tests.ray_cluster import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

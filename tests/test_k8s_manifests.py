@@ -36,6 +36,7 @@ from ray.serve.schema import ServeDeploySchema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from bench.ports import free_port
 from infra import dagster_values
 from infra import rayservice as rayservice_renderer
 from infra.cluster import PROJECT_ROOT, ClusterSettings
@@ -46,7 +47,6 @@ from settings import Settings
 from settings.base import SERVER_URLS
 from streaming.config import StreamConfig
 from tests.conftest import local_settings, needs_tool
-from tests.ray_cluster import free_port
 
 K8S_VERSION = "1.30.0"
 SCHEMAS = OUT_DIR / "schemas"

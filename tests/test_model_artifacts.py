@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +15,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from assets.serving import deploy
+from bench.ports import free_port
 from feature_repo.online import open_event_buffers
 from feature_repo.windows import MODEL_FEATURES
 from modeling import registry
@@ -126,9 +126,7 @@ def test_a_registry_that_does_not_answer_leaves_the_loaded_champion_serving(
         open_event_buffers(f"sqlite:///{tmp_path / 'online.db'}"), ModelStore(models), ServingMetrics()
     )
     service.configure(ServingConfig(champion_version=first, prediction_log=False))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     down = f"http://127.0.0.1:{port}"  # nothing listens: the registry is down
     mlflow.set_tracking_uri(down)

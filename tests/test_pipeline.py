@@ -12,6 +12,7 @@ import mlflow
 import pytest
 from typer.testing import CliRunner
 
+from bench.ports import free_port
 from feature_repo.windows import MODEL_FEATURES
 from modeling import registry
 from orchestration.cli import app
@@ -22,7 +23,6 @@ from orchestration.runner import source_days
 from settings import ServingSettings
 from simulator import SimulatedData, write_dataset
 from tests.conftest import FAST_MODEL, PipelineRun, local_settings
-from tests.ray_cluster import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

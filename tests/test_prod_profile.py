@@ -7,7 +7,6 @@ removes them afterwards.
 from __future__ import annotations
 
 import shutil
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
+from bench.ports import free_port
 from feature_repo.store import FeastStore
 from feature_repo.windows import FEATURE_SERVICE_NAME
 from orchestration.postgres import drop_database, ensure_database
@@ -30,12 +30,6 @@ from tests.conftest import FAST_MODEL, REDIS_URL
 pytestmark = pytest.mark.integration
 
 PG = "postgres@127.0.0.1:5432"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -59,7 +53,7 @@ def prod_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[S
         feast_project=namespace,
         stream=StreamSettings(topic_prefix=f"{namespace}.", online_prefix=f"{namespace}:"),
         # No Serve answers there (not even another test's): `deployment` only records the versions.
-        serving=ServingSettings(ray_dashboard_port=_free_port()),
+        serving=ServingSettings(ray_dashboard_port=free_port()),
         **urls,
     )
     for url in urls.values():

@@ -33,9 +33,9 @@ import httpx
 import psutil
 import pytest
 
+from bench.ports import free_port
 from serving.deploy import SERVE_API
 from settings import PROJECT_ROOT
-from tests.ray_cluster import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -36,12 +36,13 @@ import ray
 from pydantic import SecretStr
 from ray import serve
 
+from bench.ports import free_port
 from modeling import registry
 from serving import deploy
 from settings import ServingConfig, ServingSettings, Settings
 from streaming.bus_kafka import KafkaBus
 from tests.conftest import ServedData, score_body
-from tests.ray_cluster import LocalRayCluster, free_port
+from tests.ray_cluster import LocalRayCluster
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -48,6 +48,7 @@ from dagster._core.scheduler.instigation import (
     TickStatus,
 )
 
+from bench.ports import free_port
 from orchestration.jobs import RETRAINING_JOB
 from orchestration.resources import LakeResource
 from orchestration.retraining import TRIGGER_DAY_TAG
@@ -106,13 +107,6 @@ def kill_plan(rng: random.Random, kills: int) -> list[Kill]:
         else Kill("end", rng.randint(1, 3))
         for _ in range(kills)
     ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def write_instance(home: Path, port: int) -> Path:
@@ -399,7 +393,7 @@ def test_daemon_killed_at_random_points_launches_each_trigger_exactly_once(
         REPORT_DAY,
         pd.DataFrame({"REPORT_DATETIME": pd.to_datetime([f"{REPORT_DAY} 12:00"], utc=True)}),
     )
-    port = _free_port()
+    port = free_port()
     workspace = write_instance(home, port)
     began = time.monotonic()
     server = processes.start(

@@ -46,12 +46,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from bench.ports import free_port
 from settings import Settings, load_settings
 from streaming.bus import DeliveryError, Message
 from streaming.bus_kafka import mock_kafka_cluster
 from streaming.config import StreamConfig
 from tests.conftest import needs_tool
-from tests.ray_cluster import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 
