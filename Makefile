@@ -137,7 +137,7 @@ bench-autoscale: install ## autoscaling shown: idle -> 2x one replica's saturati
 	$(RUN) python -m bench.autoscale
 	$(RUN) python -m bench.results
 
-chaos: install ## fault suite: Redis bus / online store killed under load, counts of failed, lost, duplicated (~2 min; docs/reliability.md)
+chaos: install ## fault suite under load: bus, Kafka brokers, online store, lake disk, re-sent ids, model registry; counts (~4 min, root for the disk case; docs/reliability.md)
 	$(RUN) python -m bench.chaos
 	$(RUN) python -m bench.results
 

@@ -1,16 +1,22 @@
 """Fault suite: real servers killed under steady load, with counts of what failed, was lost or doubled.
 
 Each case runs the real pieces in this process (the HTTP push app, the stream
-consumer, the online store) against `redis-server`s of its own, sends a steady
-load, kills one server for `--outage-s` and starts it again, then waits for the
-consumer to catch up and counts:
+consumer, the online store, the scoring service) against servers of its own (a
+`redis-server`, a librdkafka mock cluster, a tmpfs for the lake, a model
+registry), sends a steady load, takes one piece away for `--outage-s` and
+brings it back, then waits for the consumer to catch up and counts:
 
-* push requests answered, by status, a client resending each 503/504 batch as told;
+* requests answered, by status, a client resending each 503/504 batch as told;
 * events acknowledged (202) against events landed: lost (acknowledged, never
   landed) and duplicated (landed twice);
-* recovery: seconds from the restart until every acknowledged event had landed;
-* reads of the online store during the outage: refused (serving's 503) or, what
-  must never happen, answered with cold-start features for a known customer.
+* recovery: seconds from the restart until every acknowledged event had landed
+  (the registry: until the new version answered);
+* what the case is about besides: poison entries dead-lettered, reads refused
+  rather than answered cold, conflicting copies dead-lettered, bad model
+  versions refused.
+
+PostgreSQL restarting under a Dagster run is a test (tests/test_postgres_restart.py), not a case
+here: a run is no steady load, and the test counts the failure, the retry and the re-executed run.
 
     python -m bench.chaos [--quick] [--outage-s S] [--rate EVENTS_PER_S]
 """
@@ -18,29 +24,48 @@ consumer to catch up and counts:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import confluent_kafka
+import mlflow
+import numpy as np
 import pandas as pd
 import redis
+import xgboost as xgb
+import yaml
 from fastapi.testclient import TestClient
+from mlflow.exceptions import MlflowException
 
+from bench import tmpfs
 from bench.common import markdown_table
+from bench.kafka_brokers import mock_brokers
+from bench.ports import free_port
 from bench.redis_server import RedisServer
 from bench.results import add_results_argument, write_result
 from feature_repo.online import (
     TRANSACTION_COLUMNS,
+    EventBuffers,
     OnlineStoreUnavailableError,
     open_event_buffers,
 )
-from settings import load_settings
+from feature_repo.windows import MODEL_FEATURES
+from modeling import registry
+from modeling.registry import ModelArtifactError, ModelRegistry
+from serving.api import build_api
+from serving.metrics import ServingMetrics
+from serving.model import ModelStore
+from serving.service import ScoringService
+from settings import ServingConfig, load_settings
 from streaming.config import StreamConfig
 from streaming.consumer import ConsumerSettings, StreamConsumer
 from streaming.http_push import create_app
@@ -51,58 +76,116 @@ RATE = 500
 """Events per second pushed, in batches of `BATCH` (the push endpoint's clients)."""
 BATCH = 10
 POISON = 20
-"""Entries without the bus's fields XADDed by hand during the load: each must be dead-lettered."""
+"""Entries the bus cannot make an event of, written by hand during the load: each must be dead-lettered."""
+RESEND_EVERY = 10
+"""In the re-sent ids case, every 10th request also carries two earlier events: one as it was, one changed."""
+SCORE_RATE = 100
+"""Scoring requests per second in the registry case."""
+LAKE_SIZE = "64m"
+"""The lake's tmpfs in the disk-full case: filled up by hand, then emptied."""
 
 
-@dataclass
-class Load:
-    """A client pushing `BATCH` events every `BATCH / rate` s, resending a refused batch until it is taken."""
+class Steady:
+    """A client thread sending at a steady rate until `finish`; `statuses` counts the answers."""
 
-    client: TestClient
-    rate: float
-    statuses: Counter[int] = field(default_factory=Counter)
-    acked: list[int] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-    next_id: int = 1
+    def __init__(self, client: TestClient, rate: float) -> None:
+        self.client, self.rate = client, rate
+        self.statuses: Counter[int] = Counter()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
+    def _run(self) -> None:
+        due = time.monotonic()
+        while not self.stop.is_set():
+            due += self.send()
+            time.sleep(max(0.0, due - time.monotonic()))
+
+    def send(self) -> float:
+        """One request (or one request resent until taken); returns the seconds the next one is due after."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def _amount(transaction_id: int) -> float:
+    return float(transaction_id % 500) + 0.25
+
+
+class Load(Steady):
+    """Pushes `BATCH` events every `BATCH / rate` s, resending a refused batch until it is taken.
+
+    `resend_every`: every n-th request also carries two acknowledged events again, one as it
+    was (a redelivery: dropped) and one with another amount (a conflict: dead-lettered).
+    """
+
+    def __init__(self, client: TestClient, rate: float, resend_every: int = 0) -> None:
+        super().__init__(client, rate)
+        self.resend_every = resend_every
+        self.acked: list[int] = []
+        self.events: dict[int, dict[str, object]] = {}
+        self.copies: list[int] = []
+        self.conflicts: list[int] = []
+        self._next_id = 1
+        self._requests = 0
+
     def _batch(self) -> list[dict[str, object]]:
-        now = pd.Timestamp.now(tz="UTC").floor("us")
-        first, self.next_id = self.next_id, self.next_id + BATCH
+        at = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=5)).floor("us").isoformat()
+        first, self._next_id = self._next_id, self._next_id + BATCH
         return [
             {
                 "TRANSACTION_ID": n,
-                "TX_DATETIME": (now - pd.Timedelta(minutes=5)).isoformat(),
+                "TX_DATETIME": at,
                 "CUSTOMER_ID": n % 97,
                 "TERMINAL_ID": n % 193,
-                "TX_AMOUNT": float(n % 500) + 0.25,
+                "TX_AMOUNT": _amount(n),
             }
             for n in range(first, first + BATCH)
         ]
 
-    def _run(self) -> None:
-        period = BATCH / self.rate
-        due = time.monotonic()
+    def send(self) -> float:
+        batch, copy, conflict = self._batch(), [], []
+        self._requests += 1
+        if self.resend_every and self._requests % self.resend_every == 0:
+            done = len(self.copies) + len(self.conflicts)
+            if len(self.acked) >= done + 2:
+                copy, conflict = [self.acked[done]], [self.acked[done + 1]]
+                batch += [self.events[copy[0]], {**self.events[conflict[0]], "TX_AMOUNT": 9_999.5}]
         while not self.stop.is_set():
-            batch = self._batch()
-            while not self.stop.is_set():
-                status = self.client.post("/v1/transactions", json=batch).status_code
-                self.statuses[status] += 1
-                if status == 202:
-                    self.acked += [int(event["TRANSACTION_ID"]) for event in batch]  # type: ignore[call-overload]
-                    break
-                time.sleep(0.2)  # Retry-After, shortened: the outage is seconds long
-            due += period
-            time.sleep(max(0.0, due - time.monotonic()))
+            status = self.client.post("/v1/transactions", json=batch).status_code
+            self.statuses[status] += 1
+            if status == 202:
+                for event in batch[:BATCH]:
+                    self.acked.append(int(event["TRANSACTION_ID"]))  # type: ignore[call-overload]
+                    self.events[self.acked[-1]] = event
+                self.copies += copy
+                self.conflicts += conflict
+                break
+            time.sleep(0.2)  # Retry-After, shortened: the outage is seconds long
+        return BATCH / self.rate
 
-    def finish(self) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(timeout=30)
+
+class ScoreLoad(Steady):
+    """Scores one transaction every `1 / rate` s; `versions` counts the model versions that answered."""
+
+    def __init__(self, client: TestClient, rate: float) -> None:
+        super().__init__(client, rate)
+        self.versions: Counter[str] = Counter()
+        self._next_id = 1
+
+    def send(self) -> float:
+        n, self._next_id = self._next_id, self._next_id + 1
+        at = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=1)
+        body = {"transaction_id": n, "customer_id": n % 97, "terminal_id": n % 193, "amount": _amount(n)}
+        answer = self.client.post("/v1/score", json={**body, "timestamp": at.isoformat()})
+        self.statuses[answer.status_code] += 1
+        if answer.status_code == 200:
+            self.versions[answer.json()["model"]["version"]] += 1
+        return 1 / self.rate
 
 
 @dataclass
@@ -110,20 +193,25 @@ class Case:
     fault: str
     load: str
     statuses: Counter[int]
-    acked: int
-    landed: int
-    lost: int
-    duplicated: int
+    acked: int | None
+    """Events acknowledged; None where the load is scoring, not ingestion."""
+    landed: int | None
+    lost: int | None
+    duplicated: int | None
     recovery_s: float | None
     notes: str
     passed: bool
 
 
-def _landed(stream: StreamConfig) -> pd.Series:
+def _landed(stream: StreamConfig, columns: tuple[str, ...] = ("TRANSACTION_ID",)) -> pd.DataFrame:
     files = sorted((Path(stream.landing_path) / "transactions").glob("date=*/*.parquet"))
     if not files:
-        return pd.Series([], dtype="int64")
-    return pd.concat([pd.read_parquet(f, columns=["TRANSACTION_ID"]) for f in files])["TRANSACTION_ID"]
+        return pd.DataFrame({column: pd.Series([], dtype="float64") for column in columns})
+    return pd.concat([pd.read_parquet(f, columns=list(columns)) for f in files])
+
+
+def _landed_ids(stream: StreamConfig) -> pd.Series:
+    return _landed(stream)["TRANSACTION_ID"]
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float = 120) -> float | None:
@@ -136,53 +224,139 @@ def _wait(condition: Callable[[], bool], timeout_s: float = 120) -> float | None
     return time.monotonic() - started
 
 
-def _stream(root: Path, bus: RedisServer, online: RedisServer | None) -> StreamConfig:
+def _stream(root: Path, bus_url: str, online: RedisServer | None = None) -> StreamConfig:
     return StreamConfig.from_settings(
         load_settings(profile="local", data_dir=root),
-        bus_url=bus.url,
+        bus_url=bus_url,
         online_url=online.url if online else f"sqlite:///{root / 'online.db'}",
         online_prefix="chaos:" if online else "",
         metrics_port=0,
     )
 
 
-def _consumer(
-    stream: StreamConfig,
-) -> tuple[StreamConsumer, threading.Event, threading.Thread, list[BaseException]]:
-    consumer = StreamConsumer(
-        stream.bus(),
-        stream.topics(),
-        stream.landing(),
-        stream.online(),
-        ConsumerSettings(group=stream.group, status_every_s=0.5, poll_timeout_s=0.2),
-    )
-    stop = threading.Event()
-    errors: list[BaseException] = []
+def _with_redis_online(root: Path) -> tuple[RedisServer, RedisServer, StreamConfig]:
+    """A Redis bus and a Redis online store, both persistent and started, and the stream over them."""
+    bus = RedisServer(root / "bus", persistent=True)
+    online = RedisServer(root / "online", persistent=True)
+    bus.start()
+    online.start()
+    return bus, online, _stream(root, bus.url, online)
 
-    def run() -> None:
+
+def _clean_apply(root: Path, stream: StreamConfig, store: EventBuffers) -> bool:
+    """Whether `store` (then closed) holds what applying the landed events once to an empty store gives."""
+    reference = open_event_buffers(f"sqlite:///{root / 'reference.db'}")
+    reference.add_transactions(_landed(stream, TRANSACTION_COLUMNS)[list(TRANSACTION_COLUMNS)])
+    reference.trim()  # the consumer's store is trimmed: the same floor
+    exact = bool(store.dump().equals(reference.dump()))
+    store.close()
+    reference.close()
+    return exact
+
+
+@dataclass
+class Consuming:
+    """The stream consumer in a thread; `errors` holds what ended it, which must stay empty."""
+
+    consumer: StreamConsumer
+    stop: threading.Event = field(default_factory=threading.Event)
+    errors: list[BaseException] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, stream: StreamConfig) -> Consuming:
+        settings = ConsumerSettings(group=stream.group, status_every_s=0.5, poll_timeout_s=0.2)
+        running = cls(
+            StreamConsumer(stream.bus(), stream.topics(), stream.landing(), stream.online(), settings)
+        )
+        running.thread = threading.Thread(target=running._run, daemon=True)
+        running.thread.start()
+        return running
+
+    def _run(self) -> None:
         try:
-            consumer.run(stop)
+            self.consumer.run(self.stop)
         except BaseException as exc:  # counted: the consumer must never end by itself
-            errors.append(exc)
+            self.errors.append(exc)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return consumer, stop, thread, errors
+    def metric(self, name: str, **labels: str) -> float:
+        return self.consumer.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+        self.consumer.close()
 
 
-def _metric(consumer: StreamConsumer, name: str, **labels: str) -> float:
-    return consumer.metrics.registry.get_sample_value(name, labels) or 0.0
+@dataclass
+class Outcome:
+    """What an ingestion case counted once the load stopped and the consumer caught up."""
+
+    acked: set[int]
+    landed: pd.Series
+    lost: int
+    duplicated: int
+
+
+def _push_through(
+    stream: StreamConfig,
+    consuming: Consuming,
+    fault: Callable[[Load], None],
+    rate: float,
+    resend_every: int = 0,
+    catch_up_s: float = 120,
+) -> tuple[Load, float | None, Outcome]:
+    """Push under `fault` (which takes a piece away and brings it back), then count what landed.
+
+    Recovery: seconds from the piece's return until every event acknowledged by then had landed
+    (None if that took over `catch_up_s`: a bus that came back empty may never get there).
+    """
+    with TestClient(create_app(stream.bus(), stream.topics(), flush_timeout_s=2)) as client:
+        load = Load(client, rate, resend_every)
+        load.start()
+        fault(load)
+        back = set(load.acked)
+        recovery = _wait(lambda: back <= set(_landed_ids(stream)), catch_up_s)
+        time.sleep(2)
+        load.finish()
+    acked = set(load.acked)
+    _wait(lambda: acked <= set(_landed_ids(stream)), timeout_s=min(30, catch_up_s))
+    time.sleep(1)  # what was landed is applied online and committed too
+    consuming.close()
+    landed = _landed_ids(stream)
+    return load, recovery, Outcome(acked, landed, len(acked - set(landed)), int(landed.duplicated().sum()))
+
+
+def _case(
+    fault: str, load: str, pushed: Load, recovery: float | None, outcome: Outcome, notes: str, passed: bool
+) -> Case:
+    return Case(
+        fault,
+        load,
+        pushed.statuses,
+        len(outcome.acked),
+        int(outcome.landed.nunique()),
+        outcome.lost,
+        outcome.duplicated,
+        recovery,
+        notes,
+        passed,
+    )
+
+
+def _pushed(rate: float) -> str:
+    return f"{rate:.0f} events/s pushed, {BATCH} per request"
 
 
 def bus_outage(root: Path, outage_s: float, rate: float, persistent: bool) -> Case:
     """Kill the Redis bus under push load; `persistent`: it comes back with its append-only file."""
     bus = RedisServer(root / "bus", persistent)
     bus.start()
-    stream = _stream(root, bus, None)
-    consumer, stop, thread, errors = _consumer(stream)
-    with TestClient(create_app(stream.bus(), stream.topics(), flush_timeout_s=2)) as client:
-        load = Load(client, rate)
-        load.start()
+    stream = _stream(root, bus.url)
+    consuming = Consuming.start(stream)
+
+    def fault(_load: Load) -> None:
         time.sleep(2)
         raw = redis.Redis.from_url(bus.url)
         for n in range(POISON):
@@ -191,44 +365,146 @@ def bus_outage(root: Path, outage_s: float, rate: float, persistent: bool) -> Ca
         bus.kill()
         time.sleep(outage_s)
         bus.start()
-        restarted_acked = set(load.acked)
-        recovery = _wait(lambda: restarted_acked <= set(_landed(stream)))
-        time.sleep(2)
-        load.finish()
-    acked = set(load.acked)
-    _wait(lambda: acked <= set(_landed(stream)), timeout_s=30 if persistent else 10)
-    stop.set()
-    thread.join(timeout=30)
+
     topic = stream.topics().transactions
-    detected = _metric(consumer, "fraudpipe_stream_bus_data_lost_total", topic=topic)
-    dead = _metric(consumer, "fraudpipe_stream_events_total", topic=topic, outcome="dead_letter")
-    retries = _metric(consumer, "fraudpipe_stream_retried_batches_total", topic=topic, cause="bus")
-    consumer.close()
+    load, recovery, outcome = _push_through(
+        stream, consuming, fault, rate, catch_up_s=120 if persistent else 10
+    )
+    detected = consuming.metric("fraudpipe_stream_bus_data_lost_total", topic=topic)
+    dead = consuming.metric("fraudpipe_stream_events_total", topic=topic, outcome="dead_letter")
+    retries = consuming.metric("fraudpipe_stream_retried_batches_total", topic=topic, cause="bus")
     bus.kill()
-    landed = _landed(stream)
-    lost = len(acked - set(landed))
-    duplicated = int(landed.duplicated().sum())
-    alive = not errors
+    alive = not consuming.errors
     if persistent:
-        passed = alive and lost == 0 and duplicated == 0 and dead >= POISON and recovery is not None
+        passed = alive and outcome.lost == outcome.duplicated == 0 and dead >= POISON and recovery is not None
         notes = (
             f"consumer alive: {alive}; {retries:.0f} batches retried; "
             f"{dead:.0f}/{POISON} poison entries dead-lettered"
         )
-        fault = f"Redis bus killed {outage_s:.0f} s, restarted with its AOF"
+        fault_name = f"Redis bus killed {outage_s:.0f} s, restarted with its AOF"
     else:
-        passed = alive and duplicated == 0 and (lost == 0 or detected > 0)
+        passed = alive and outcome.duplicated == 0 and (outcome.lost == 0 or detected > 0)
         notes = f"consumer alive: {alive}; loss detected and reported: {detected > 0} ({detected:.0f} times)"
-        fault = "Redis bus killed, restarted empty (no persistence)"
-    return Case(
-        fault,
-        f"{rate:.0f} events/s pushed, {BATCH} per request",
-        load.statuses,
-        len(acked),
-        int(landed.nunique()),
-        lost,
-        duplicated,
+        fault_name = "Redis bus killed, restarted empty (no persistence)"
+    return _case(fault_name, _pushed(rate), load, recovery, outcome, notes, passed)
+
+
+def kafka_restart(root: Path, outage_s: float, rate: float) -> Case:
+    """Every Kafka broker down (logs kept, as in a restart) under push load, poison on the topic."""
+    with mock_brokers() as brokers:
+        stream = replace(_stream(root, f"kafka://{brokers.bootstrap}"), session_timeout_ms=6_000)
+        stream.bus().ensure_topics(stream.topics().names())
+        consuming = Consuming.start(stream)
+        topic = stream.topics().transactions
+
+        def fault(_load: Load) -> None:
+            time.sleep(2)
+            raw = confluent_kafka.Producer({"bootstrap.servers": brokers.bootstrap})
+            for n in range(POISON):
+                raw.produce(topic, b"\xff not an event " + str(n).encode() if n % 2 else b'{"x": 1}')
+            raw.flush(10)
+            time.sleep(1)
+            brokers.down()
+            time.sleep(outage_s)
+            brokers.up()
+
+        load, recovery, outcome = _push_through(stream, consuming, fault, rate)
+    dead = consuming.metric("fraudpipe_stream_events_total", topic=topic, outcome="dead_letter")
+    retries = consuming.metric("fraudpipe_stream_retried_batches_total", topic=topic, cause="bus")
+    alive = not consuming.errors
+    passed = alive and outcome.lost == outcome.duplicated == 0 and dead >= POISON and recovery is not None
+    notes = (
+        f"consumer alive: {alive}; {retries:.0f} batches retried; "
+        f"{dead:.0f}/{POISON} poison messages dead-lettered"
+    )
+    return _case(
+        f"every Kafka broker down {outage_s:.0f} s (a restart)",
+        _pushed(rate),
+        load,
         recovery,
+        outcome,
+        notes,
+        passed,
+    )
+
+
+def lake_full(root: Path, outage_s: float, rate: float) -> Case:
+    """The lake's filesystem filled up under push load, then emptied: nothing lost or committed past it."""
+    fault_name = f"lake's disk full {outage_s:.0f} s ({LAKE_SIZE} tmpfs)"
+    if not tmpfs.can_mount():
+        why = "not run: mounting a tmpfs needs root"
+        return Case(fault_name, _pushed(rate), Counter(), None, None, None, None, None, why, passed=False)
+    lake = root / "stream"  # the local profile's landing path under `root`
+    lake.mkdir(parents=True)
+    bus = RedisServer(root / "bus", persistent=True)
+    lags: list[float] = []
+    with tmpfs.mounted(lake, LAKE_SIZE):
+        bus.start()
+        stream = _stream(root, bus.url)
+        consuming = Consuming.start(stream)
+        topic = stream.topics().transactions
+
+        def fault(_load: Load) -> None:
+            time.sleep(3)
+            filler = lake / "filler"
+            with open(filler, "wb") as out, contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * (1 << 20))
+            deadline = time.monotonic() + outage_s
+            while time.monotonic() < deadline:
+                lags.append(consuming.metric("fraudpipe_stream_lag_messages", topic=topic))
+                time.sleep(0.5)
+            filler.unlink()  # space returns
+
+        load, recovery, outcome = _push_through(stream, consuming, fault, rate)
+        retries = consuming.metric("fraudpipe_stream_retried_batches_total", topic=topic, cause="lake")
+        leftovers = len(list(lake.rglob(".*.tmp")))
+        bus.kill()
+    alive = not consuming.errors
+    passed = alive and outcome.lost == outcome.duplicated == 0 and retries > 0 and leftovers == 0
+    notes = (
+        f"consumer alive: {alive}; {retries:.0f} batches retried; "
+        f"uncommitted lag rose to {max(lags, default=0):.0f} while full; "
+        f"{leftovers} half-written files left"
+    )
+    return _case(fault_name, _pushed(rate), load, recovery, outcome, notes, passed)
+
+
+def resent_ids(root: Path, duration_s: float, rate: float) -> Case:
+    """Clients re-send earlier ids, as they were and with another amount, under push load."""
+    bus, online, stream = _with_redis_online(root)
+    consuming = Consuming.start(stream)
+    topic = stream.topics().transactions
+    load, _catch_up, outcome = _push_through(
+        stream, consuming, lambda _load: time.sleep(duration_s), rate, resend_every=RESEND_EVERY
+    )
+    conflicts = consuming.metric("fraudpipe_stream_events_total", topic=topic, outcome="conflict")
+    redelivered = consuming.metric("fraudpipe_stream_events_total", topic=topic, outcome="duplicate")
+    amounts = _landed(stream, ("TRANSACTION_ID", "TX_AMOUNT")).set_index("TRANSACTION_ID")["TX_AMOUNT"]
+    first_copies = bool((amounts == amounts.index.map(_amount)).all())
+    exact = _clean_apply(root, stream, stream.online())
+    bus.kill()
+    online.kill()
+    alive = not consuming.errors
+    passed = (
+        alive
+        and outcome.lost == outcome.duplicated == 0
+        and conflicts == len(load.conflicts) > 0
+        and redelivered >= len(load.copies)
+        and first_copies
+        and exact
+    )
+    notes = (
+        f"{len(load.conflicts)} ids re-sent with another amount: {conflicts:.0f} conflicts dead-lettered; "
+        f"{len(load.copies)} exact copies: {redelivered:.0f} redeliveries dropped; "
+        f"lake holds the first copies: {first_copies}; online (Redis) = a clean apply: {exact}"
+    )
+    return _case(
+        f"ids re-sent: 1 exact and 1 changed copy every {RESEND_EVERY} requests, {duration_s:.0f} s",
+        _pushed(rate),
+        load,
+        None,  # nothing went away
+        outcome,
         notes,
         passed,
     )
@@ -236,89 +512,174 @@ def bus_outage(root: Path, outage_s: float, rate: float, persistent: bool) -> Ca
 
 def online_outage(root: Path, outage_s: float, rate: float) -> Case:
     """Kill the online store's Redis under push load and steady feature reads."""
-    bus = RedisServer(root / "bus", persistent=True)
-    online = RedisServer(root / "online", persistent=True)
-    bus.start()
-    online.start()
-    stream = _stream(root, bus, online)
-    consumer, stop, thread, errors = _consumer(stream)
+    bus, online, stream = _with_redis_online(root)
+    consuming = Consuming.start(stream)
     reads: Counter[str] = Counter()
     reading = threading.Event()
     store = stream.online()
 
     def read() -> None:
-        requests = pd.DataFrame(
-            {
-                "TRANSACTION_ID": [10**9],
-                "TX_DATETIME": [pd.Timestamp.now(tz="UTC").floor("us")],
-                "CUSTOMER_ID": [1],
-                "TERMINAL_ID": [1],
-                "TX_AMOUNT": [1.0],
-            }
+        request = pd.DataFrame(
+            {"TRANSACTION_ID": [10**9], "CUSTOMER_ID": [1], "TERMINAL_ID": [1], "TX_AMOUNT": [1.0]}
         )
         while not reading.is_set():
             try:
-                features = store.features(requests.assign(TX_DATETIME=pd.Timestamp.now(tz="UTC").floor("us")))
+                features = store.features(request.assign(TX_DATETIME=pd.Timestamp.now(tz="UTC").floor("us")))
                 reads["cold start for a known customer" if features.unknown_customer[0] else "answered"] += 1
             except OnlineStoreUnavailableError:
                 reads["refused (503)"] += 1
             time.sleep(0.02)
 
-    with TestClient(create_app(stream.bus(), stream.topics(), flush_timeout_s=2)) as client:
-        load = Load(client, rate)
-        load.start()
-        _wait(lambda: len(_landed(stream)) > 0)
-        reader = threading.Thread(target=read, daemon=True)
+    reader = threading.Thread(target=read, daemon=True)
+
+    def fault(_load: Load) -> None:
+        _wait(lambda: len(_landed_ids(stream)) > 0)
         reader.start()
         time.sleep(1)
         online.kill()
         time.sleep(outage_s)
         online.start()
-        restarted_acked = set(load.acked)
-        recovery = _wait(lambda: restarted_acked <= set(_landed(stream)))
-        time.sleep(2)
-        load.finish()
-        reading.set()
-        reader.join(timeout=10)
-    acked = set(load.acked)
-    _wait(lambda: acked <= set(_landed(stream)), timeout_s=30)
-    time.sleep(1)
-    stop.set()
-    thread.join(timeout=30)
+
     topic = stream.topics().transactions
-    retries = _metric(consumer, "fraudpipe_stream_retried_batches_total", topic=topic, cause="online_store")
-    consumer.close()
-    landed = _landed(stream)
-    reference = open_event_buffers(f"sqlite:///{root / 'reference.db'}")
-    everything = pd.concat(
-        [
-            pd.read_parquet(f)
-            for f in sorted((Path(stream.landing_path) / "transactions").glob("date=*/*.parquet"))
-        ]
-    )
-    reference.add_transactions(everything[list(TRANSACTION_COLUMNS)])
-    reference.trim()  # the consumer's store is trimmed: the same floor
-    exact = store.dump().equals(reference.dump())
-    store.close()
+    load, recovery, outcome = _push_through(stream, consuming, fault, rate)
+    reading.set()
+    reader.join(timeout=10)
+    retries = consuming.metric("fraudpipe_stream_retried_batches_total", topic=topic, cause="online_store")
+    exact = _clean_apply(root, stream, store)
     bus.kill()
     online.kill()
-    lost = len(acked - set(landed))
-    duplicated = int(landed.duplicated().sum())
     cold = reads["cold start for a known customer"]
-    passed = not errors and lost == 0 and duplicated == 0 and exact and cold == 0
+    alive = not consuming.errors
+    passed = alive and outcome.lost == outcome.duplicated == 0 and exact and cold == 0
     notes = (
-        f"consumer alive: {not errors}; {retries:.0f} batches retried; "
+        f"consumer alive: {alive}; {retries:.0f} batches retried; "
         f"online state = a clean apply: {exact}; "
         f"reads: {', '.join(f'{n} {what}' for what, n in sorted(reads.items()))}"
     )
-    return Case(
+    return _case(
         f"online store's Redis killed {outage_s:.0f} s",
         f"{rate:.0f} events/s pushed; feature reads every 20 ms",
+        load,
+        recovery,
+        outcome,
+        notes,
+        passed,
+    )
+
+
+INSTANTIATED: list[str] = []
+
+
+class Trap:
+    """The class a tampered MLmodel file names: building it would be running code from the registry."""
+
+    def __init__(self) -> None:
+        INSTANTIATED.append(type(self).__name__)
+
+
+def register_small_model(
+    models: ModelRegistry, n_features: int = len(MODEL_FEATURES)
+) -> tuple[str, xgb.XGBClassifier]:
+    """A small XGBoost classifier on the model's features (and `extra_` ones past them), registered."""
+    rng = np.random.default_rng(0)
+    columns = [*MODEL_FEATURES, *(f"extra_{i}" for i in range(n_features - len(MODEL_FEATURES)))]
+    features = pd.DataFrame(rng.normal(size=(200, n_features)), columns=columns[:n_features])
+    model = xgb.XGBClassifier(n_estimators=3, max_depth=2).fit(features, rng.integers(0, 2, 200))
+    version = registry.register_model(
+        model, features.head(5), models.model_name, models.activate(), {}, {}, {}
+    )
+    return version, model
+
+
+def _newest_model_dir(models: ModelRegistry) -> Path:
+    return max(models.artifact_root.rglob("MLmodel"), key=lambda path: path.stat().st_mtime).parent
+
+
+@contextlib.contextmanager
+def _registry_down(models: ModelRegistry) -> Iterator[None]:
+    """MLflow pointed at a port nobody listens on, without retries, as a registry that does not answer."""
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    down = f"http://127.0.0.1:{free_port()}"
+    mlflow.set_tracking_uri(down)
+    mlflow.set_registry_uri(down)
+    try:
+        yield
+    finally:
+        if retries is None:
+            del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
+        models.activate()
+
+
+def registry_faults(root: Path, outage_s: float, rate: float) -> Case:
+    """A deployment while the registry does not answer, then a tampered and a corrupt version: scored."""
+    models = ModelRegistry.from_settings(load_settings(profile="local", data_dir=root))
+    (first, _), (second, _), (tampered, _) = (register_small_model(models) for _ in range(3))
+    spec_file = _newest_model_dir(models) / "MLmodel"
+    spec = yaml.safe_load(spec_file.read_text())
+    spec["flavors"]["xgboost"]["model_class"] = f"{__name__}.{Trap.__name__}"
+    spec_file.write_text(yaml.safe_dump(spec))
+    corrupt, _ = register_small_model(models)
+    data = _newest_model_dir(models) / "model.ubj"
+    data.write_bytes(b"{not ubj" + data.read_bytes()[:40])
+    service = ScoringService(
+        open_event_buffers(f"sqlite:///{root / 'online.db'}"), ModelStore(models), ServingMetrics()
+    )
+    service.configure(ServingConfig(champion_version=first, prediction_log=False))
+    refused: Counter[str] = Counter()
+    readiness: Counter[str] = Counter()
+    with TestClient(build_api(service)) as client:
+        load = ScoreLoad(client, rate)
+        load.start()
+        time.sleep(1)
+        with _registry_down(models):
+            deadline = time.monotonic() + outage_s
+            while time.monotonic() < deadline:  # the deployer retries every second
+                try:
+                    service.configure(ServingConfig(champion_version=second, prediction_log=False))
+                except MlflowException:
+                    refused["registry down"] += 1
+                answer = client.get("/readyz")
+                readiness[f"{answer.status_code} {answer.json()['detail']}"] += 1
+                time.sleep(1)
+        back = time.monotonic()
+        service.configure(ServingConfig(champion_version=second, prediction_log=False))
+        _wait(lambda: load.versions[second] > 0, timeout_s=30)
+        recovery = time.monotonic() - back if load.versions[second] else None
+        for version, what in ((tampered, "tampered class"), (corrupt, "corrupt file")):
+            try:
+                service.configure(ServingConfig(champion_version=version, prediction_log=False))
+            except ModelArtifactError:
+                refused[what] += 1
+        time.sleep(1)
+        load.finish()
+    service.close()
+    bad_served = sum(n for version, n in load.versions.items() if version not in (first, second))
+    passed = (
+        set(load.statuses) == {200}
+        and refused["registry down"] > 0
+        and refused["tampered class"] == refused["corrupt file"] == 1
+        and not INSTANTIATED
+        and bad_served == 0
+        and set(readiness) == {f"200 champion v{first}"}
+        and recovery is not None
+    )
+    notes = (
+        f"deployments refused: {', '.join(f'{n} x {why}' for why, n in sorted(refused.items()))}; "
+        f"readiness while down: {', '.join(f'{n} x {what}' for what, n in sorted(readiness.items()))}; "
+        f"answered by v{first}/v{second}/other: {load.versions[first]}/{load.versions[second]}/{bad_served}; "
+        f"tampered class built: {len(INSTANTIATED)} times"
+    )
+    return Case(
+        f"model registry down {outage_s:.0f} s during a deployment; then a tampered and a corrupt version",
+        f"{rate:.0f} scoring requests/s",
         load.statuses,
-        len(acked),
-        int(landed.nunique()),
-        lost,
-        duplicated,
+        None,
+        None,
+        None,
+        None,
         recovery,
         notes,
         passed,
@@ -331,9 +692,7 @@ def render(cases: list[Case]) -> str:
             case.fault,
             case.load,
             ", ".join(f"{n} x {status}" for status, n in sorted(case.statuses.items())),
-            f"{case.acked:,}",
-            f"{case.lost:,}",
-            f"{case.duplicated:,}",
+            *("-" if n is None else f"{n:,}" for n in (case.acked, case.lost, case.duplicated)),
             "-" if case.recovery_s is None else f"{case.recovery_s:.1f}",
             case.notes,
             "PASS" if case.passed else "MISS",
@@ -343,7 +702,7 @@ def render(cases: list[Case]) -> str:
     headers = [
         "fault",
         "load during it",
-        "push answers",
+        "answers",
         "events acked",
         "lost",
         "duplicated",
@@ -368,7 +727,11 @@ def main(argv: list[str] | None = None) -> list[Case]:
     for name, run in (
         ("bus outage", lambda root: bus_outage(root, outage_s, args.rate, persistent=True)),
         ("bus lost its data", lambda root: bus_outage(root, outage_s, args.rate, persistent=False)),
+        ("Kafka broker restart", lambda root: kafka_restart(root, outage_s, args.rate)),
         ("online store outage", lambda root: online_outage(root, outage_s, args.rate)),
+        ("lake disk full", lambda root: lake_full(root, outage_s, args.rate)),
+        ("ids re-sent", lambda root: resent_ids(root, outage_s, args.rate)),
+        ("model registry", lambda root: registry_faults(root, outage_s, SCORE_RATE)),
     ):
         print(f"[chaos] {name} ...", flush=True)
         with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:

@@ -60,7 +60,16 @@ MEASURED: dict[str, tuple[str, ...]] = {
         "bench/serve.py",
         "bench/loadgen.py",
     ),
-    "chaos": ("streaming", "feature_repo/online", "bench/chaos.py", "bench/redis_server.py"),
+    "chaos": (
+        "streaming",
+        "feature_repo/online",
+        "serving",
+        "modeling",
+        "bench/chaos.py",
+        "bench/redis_server.py",
+        "bench/kafka_brokers.py",
+        "bench/tmpfs.py",
+    ),
 }
 """Each bench's code: a change to any of it makes the bench's table stale (`!path`: not measured)."""
 

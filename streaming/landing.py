@@ -191,22 +191,19 @@ class StreamLanding:
             ValueError: unknown table, a missing id or time column, a naive time column, or a
                 missing id or time value. Nothing is written then.
         """
-        keys = _keys(table)
-        frame = frame.reset_index(drop=True)
-        times = _utc_times(frame, keys)
+        frame, days = _prepared(table, frame)
         if frame.empty:
             return LandResult(0, 0, (), None)
-        frame = frame.assign(**{keys.time_column: times})
-        days = times.dt.strftime("%Y-%m-%d").to_numpy()
-        new, conflicts = self._classify(table, frame, days)
-        landed, files = 0, []
+        new, conflicts, digests = self._classify(table, frame, days)
+        id_column, landed, files = TABLES[table].id_column, 0, []
         for day, rows in frame[new].groupby(days[new], sort=True):
             path = self._write(table, str(day), rows.reset_index(drop=True))
             if (cached := self._cache.get((table, str(day)))) is not None:  # else read back when next needed
-                cached.add(path.name, rows[keys.id_column].to_numpy(), _digests(rows))
+                # The index is the batch position (`_prepared` renumbers): the digest computed to classify.
+                cached.add(path.name, rows[id_column].to_numpy(), digests[rows.index.to_numpy()])
             landed += len(rows)
             files.append(path)
-        latest = times.max().floor("us").to_pydatetime()
+        latest = frame[TABLES[table].time_column].max().floor("us").to_pydatetime()
         return LandResult(landed, len(frame) - landed - len(conflicts), tuple(files), latest, conflicts)
 
     def conflicts(self, table: str, frame: pd.DataFrame) -> np.ndarray:
@@ -215,16 +212,16 @@ class StreamLanding:
         For rows a consumer applies online without landing them (a replay's look-back): the
         online store must get the landed copy of an id, never another.
         """
-        keys = _keys(table)
-        frame = frame.reset_index(drop=True)
-        times = _utc_times(frame, keys)
+        frame, days = _prepared(table, frame)
         if frame.empty:
             return np.zeros(0, dtype=np.int64)
-        frame = frame.assign(**{keys.time_column: times})
-        return self._classify(table, frame, times.dt.strftime("%Y-%m-%d").to_numpy())[1]
+        return self._classify(table, frame, days)[1]
 
-    def _classify(self, table: str, frame: pd.DataFrame, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Which rows are new (a mask) and which conflict (positions), by the batch and landed ids."""
+    def _classify(
+        self, table: str, frame: pd.DataFrame, days: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Which rows are new (a mask) and which conflict (positions), by the batch and landed ids;
+        with each row's content digest."""
         ids = frame[TABLES[table].id_column].to_numpy()
         digests = _digests(frame)
         first = ~pd.Series(ids).duplicated().to_numpy()
@@ -237,7 +234,7 @@ class StreamLanding:
             conflict |= first & found & (landed != digests)
             new &= ~found
         new &= ~conflict
-        return new, np.flatnonzero(conflict)
+        return new, np.flatnonzero(conflict), digests
 
     def _window(self, table: str, days: np.ndarray) -> list[_Day]:
         """The landed ids of the batch's days (refreshed) and of the landed days within DEDUP_DAYS of them."""
@@ -360,6 +357,14 @@ class StreamLanding:
     def _write(self, table: str, day: str, rows: pd.DataFrame) -> Path:
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex}.parquet"
         return _durable_write(self.day_dir(table, day) / name, lambda f: rows.to_parquet(f, index=False))
+
+
+def _prepared(table: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """`frame` validated, renumbered and with UTC times, and each row's UTC day (YYYY-MM-DD)."""
+    keys = _keys(table)
+    frame = frame.reset_index(drop=True)
+    times = _utc_times(frame, keys)
+    return frame.assign(**{keys.time_column: times}), times.dt.strftime("%Y-%m-%d").to_numpy()
 
 
 def _keys(table: str) -> TableKeys:

@@ -15,11 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import autoscale, capacity, chaos, model_quality, monitoring, serve, training_set
+from bench import autoscale, capacity, chaos, model_quality, monitoring, serve, tmpfs, training_set
 from bench.common import run_in_child
 from bench.results import MEASURED, fingerprint, read_stamp
 from simulator import simulate
-from tests.conftest import SMALL, PipelineRun
+from tests.conftest import SMALL, PipelineRun, needs_tool
 
 
 def assert_stamped_result(folder: Path, name: str, printed: str) -> None:
@@ -170,11 +170,14 @@ def test_capacity_bench_counts_every_event_once(capsys: pytest.CaptureFixture[st
 
 
 @pytest.mark.integration
+@needs_tool(tmpfs.can_mount(), "root and a tmpfs mount (the lake-full case)")
 def test_chaos_bench_counts_every_fault_case(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     cases = chaos.main(["--quick", "--results", str(tmp_path)])
     printed = capsys.readouterr().out
     assert_stamped_result(tmp_path, "chaos", printed)
-    assert [case.passed for case in cases] == [True, True, True], printed
-    outage, _emptied, store = cases
-    assert outage.lost == store.lost == 0  # the emptied bus may lose; that case passes by reporting it
-    assert all(case.acked > 0 and case.duplicated == 0 for case in cases)
+    assert [case.passed for case in cases] == [True] * 7, printed
+    outage, _emptied, kafka, store, lake, resent, models = cases
+    for case in (outage, kafka, store, lake, resent):  # the emptied bus may lose: it passes by reporting it
+        assert case.lost == 0 and case.acked, case
+    assert all(case.duplicated == 0 for case in cases[:-1])
+    assert set(models.statuses) == {200} and models.recovery_s is not None, models

@@ -2,7 +2,7 @@
 when the bus came back empty.
 
 Each Redis test runs its own `redis-server` (bench.redis_server) so it can SIGKILL and restart
-it, and the Kafka test its own mock cluster (tests.kafka_brokers) so it can take the brokers
+it, and the Kafka test its own mock cluster (bench.kafka_brokers) so it can take the brokers
 down and up, while a `StreamConsumer` runs in a thread: the consumer must never exit, land
 every event exactly once, and, when the server came back without what it had acknowledged
 (no persistence), report the loss instead of reading on as if nothing had happened.
@@ -13,9 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +24,8 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bench import tmpfs
+from bench.kafka_brokers import mock_brokers
 from bench.redis_server import REDIS_SERVER, redis_server
 from feature_repo.online import TRANSACTION_COLUMNS, OnlineStoreUnavailableError, open_event_buffers
 from simulator import SimulatedData, SimulatorConfig, simulate
@@ -36,7 +35,6 @@ from streaming.consumer import ConsumerSettings, StreamConsumer, _retried_cause
 from streaming.landing import LandResult, StreamLanding
 from streaming.traffic import send_events
 from tests.conftest import local_settings, needs_tool
-from tests.kafka_brokers import mock_brokers
 
 pytestmark = [pytest.mark.integration, needs_tool(REDIS_SERVER is not None, "redis-server")]
 
@@ -268,28 +266,14 @@ def test_an_online_store_outage_is_waited_out_and_every_event_is_applied(
     assert state.equals(reference.dump())  # every event applied once, as if the store never went away
 
 
-def _can_mount_tmpfs() -> bool:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    with tempfile.TemporaryDirectory() as probe:
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", probe], capture_output=True
-        )
-        if mounted.returncode != 0:
-            return False
-        subprocess.run(["umount", probe], check=True)
-    return True
-
-
-@needs_tool(_can_mount_tmpfs(), "root and a tmpfs mount (a small filesystem for the lake)")
+@needs_tool(tmpfs.can_mount(), "root and a tmpfs mount (a small filesystem for the lake)")
 def test_a_full_lake_disk_stops_commits_and_loses_nothing_once_space_returns(
     tmp_path: Path, week: SimulatedData, running: Callable[..., Running]
 ) -> None:
     transactions = week.events()
     lake = tmp_path / "stream"
     lake.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(lake)], check=True)
-    try:
+    with tmpfs.mounted(lake, "1m"):
         filler = lake / "filler"
         # Fill it, then give back a few kB: the first files fit, the next ones do not.
         with open(filler, "wb") as out, contextlib.suppress(OSError):
@@ -313,8 +297,6 @@ def test_a_full_lake_disk_stops_commits_and_loses_nothing_once_space_returns(
             landed = _landed_ids(stream)
             assert landed.is_unique and consumer.error is None
             assert not list(lake.rglob(".*.tmp"))  # no half-written file left behind
-    finally:
-        subprocess.run(["umount", "-l", str(lake)], check=False)
 
 
 class FailingLanding:

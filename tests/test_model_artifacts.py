@@ -8,13 +8,12 @@ import dagster as dg
 import mlflow
 import mlflow.xgboost
 import numpy as np
-import pandas as pd
 import pytest
-import xgboost as xgb
 import yaml
 from mlflow.exceptions import MlflowException
 
 from assets.serving import deploy
+from bench.chaos import register_small_model
 from bench.ports import free_port
 from feature_repo.online import open_event_buffers
 from feature_repo.windows import MODEL_FEATURES
@@ -40,19 +39,6 @@ class Trap:
         pass
 
 
-def _register(models: ModelRegistry, n_features: int = len(MODEL_FEATURES)) -> tuple[str, xgb.XGBClassifier]:
-    rng = np.random.default_rng(0)
-    columns = list(MODEL_FEATURES)[:n_features] + [
-        f"extra_{i}" for i in range(n_features - len(MODEL_FEATURES))
-    ]
-    features = pd.DataFrame(rng.normal(size=(200, n_features)), columns=columns)
-    model = xgb.XGBClassifier(n_estimators=3, max_depth=2).fit(features, rng.integers(0, 2, 200))
-    version = registry.register_model(
-        model, features.head(5), models.model_name, models.activate(), {}, {}, {}
-    )
-    return version, model
-
-
 def _mlmodel(models: ModelRegistry) -> Path:
     (path,) = models.artifact_root.rglob("MLmodel")
     return path
@@ -64,14 +50,14 @@ def models(tmp_path: Path) -> ModelRegistry:
 
 
 def test_a_registered_model_loads_as_the_same_classifier(models: ModelRegistry) -> None:
-    version, model = _register(models)
+    version, model = register_small_model(models)
     loaded = registry.load_model(models.model_name, version)
     rows = np.random.default_rng(1).normal(size=(50, len(MODEL_FEATURES)))
     np.testing.assert_allclose(loaded.predict_proba(rows)[:, 1], model.predict_proba(rows)[:, 1])
 
 
 def test_a_tampered_model_class_is_refused_without_being_instantiated(models: ModelRegistry) -> None:
-    version, _ = _register(models)
+    version, _ = register_small_model(models)
     path = _mlmodel(models)
     spec = yaml.safe_load(path.read_text())
     spec["flavors"]["xgboost"]["model_class"] = f"{__name__}.Trap"
@@ -86,7 +72,7 @@ def test_a_tampered_model_class_is_refused_without_being_instantiated(models: Mo
 
 
 def test_a_corrupt_model_file_is_refused(models: ModelRegistry) -> None:
-    version, _ = _register(models)
+    version, _ = register_small_model(models)
     data = _mlmodel(models).parent / "model.ubj"
     data.write_bytes(b"{not ubj" + data.read_bytes()[:40])
     with pytest.raises(ModelArtifactError, match=r"XGBoost cannot read model\.ubj"):
@@ -94,7 +80,7 @@ def test_a_corrupt_model_file_is_refused(models: ModelRegistry) -> None:
 
 
 def test_a_model_of_another_shape_is_refused(models: ModelRegistry) -> None:
-    version, _ = _register(models, n_features=len(MODEL_FEATURES) + 2)
+    version, _ = register_small_model(models, n_features=len(MODEL_FEATURES) + 2)
     with pytest.raises(ModelArtifactError, match=f"takes {len(MODEL_FEATURES) + 2} features"):
         registry.load_model(models.model_name, version)
 
@@ -102,13 +88,13 @@ def test_a_model_of_another_shape_is_refused(models: ModelRegistry) -> None:
 def test_the_deployment_refuses_a_bad_champion_and_keeps_the_recorded_one(
     tmp_path: Path, models: ModelRegistry
 ) -> None:
-    good, _ = _register(models)
+    good, _ = register_small_model(models)
     client = models.client()
     client.set_registered_model_alias(models.model_name, registry.CHAMPION, good)
     settings = local_settings(tmp_path)
     deployed, _how = deploy(settings, models)
     assert deployed.champion == good
-    bad, _ = _register(models, n_features=3)
+    bad, _ = register_small_model(models, n_features=3)
     client.set_registered_model_alias(models.model_name, registry.CHAMPION, bad)
     with pytest.raises(dg.Failure, match="not deployed, serving keeps its current versions"):
         deploy(settings, models)
@@ -120,8 +106,8 @@ def test_a_registry_that_does_not_answer_leaves_the_loaded_champion_serving(
     tmp_path: Path, models: ModelRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A reconfigure to a new version while the registry is down fails; the replica keeps v1, ready."""
-    first, _ = _register(models)
-    second, _ = _register(models)
+    first, _ = register_small_model(models)
+    second, _ = register_small_model(models)
     service = ScoringService(
         open_event_buffers(f"sqlite:///{tmp_path / 'online.db'}"), ModelStore(models), ServingMetrics()
     )

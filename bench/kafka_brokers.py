@@ -1,4 +1,4 @@
-"""A librdkafka mock cluster whose brokers a test can take down and bring back: a broker restart.
+"""A librdkafka mock cluster whose brokers can go down and come back, as in a restart (tests, `make chaos`).
 
 `streaming.bus_kafka.mock_kafka_cluster` hosts its cluster inside a Python producer, which
 exposes no handle to the cluster. librdkafka's own mock API does (`rdkafka_mock.h`), and
