@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -85,7 +86,7 @@ LAKE_SIZE = "64m"
 """The lake's tmpfs in the disk-full case: filled up by hand, then emptied."""
 
 
-class Steady:
+class Steady(ABC):
     """A client thread sending at a steady rate until `finish`; `statuses` counts the answers."""
 
     def __init__(self, client: TestClient, rate: float) -> None:
@@ -103,9 +104,9 @@ class Steady:
             due += self.send()
             time.sleep(max(0.0, due - time.monotonic()))
 
+    @abstractmethod
     def send(self) -> float:
         """One request (or one request resent until taken); returns the seconds the next one is due after."""
-        raise NotImplementedError
 
     def finish(self) -> None:
         self.stop.set()
@@ -302,7 +303,7 @@ class Outcome:
 def _push_through(
     stream: StreamConfig,
     consuming: Consuming,
-    fault: Callable[[Load], None],
+    fault: Callable[[], None],
     rate: float,
     resend_every: int = 0,
     catch_up_s: float = 120,
@@ -315,7 +316,7 @@ def _push_through(
     with TestClient(create_app(stream.bus(), stream.topics(), flush_timeout_s=2)) as client:
         load = Load(client, rate, resend_every)
         load.start()
-        fault(load)
+        fault()
         back = set(load.acked)
         recovery = _wait(lambda: back <= set(_landed_ids(stream)), catch_up_s)
         time.sleep(2)
@@ -356,7 +357,7 @@ def bus_outage(root: Path, outage_s: float, rate: float, persistent: bool) -> Ca
     stream = _stream(root, bus.url)
     consuming = Consuming.start(stream)
 
-    def fault(_load: Load) -> None:
+    def fault() -> None:
         time.sleep(2)
         raw = redis.Redis.from_url(bus.url)
         for n in range(POISON):
@@ -397,7 +398,7 @@ def kafka_restart(root: Path, outage_s: float, rate: float) -> Case:
         consuming = Consuming.start(stream)
         topic = stream.topics().transactions
 
-        def fault(_load: Load) -> None:
+        def fault() -> None:
             time.sleep(2)
             raw = confluent_kafka.Producer({"bootstrap.servers": brokers.bootstrap})
             for n in range(POISON):
@@ -444,7 +445,7 @@ def lake_full(root: Path, outage_s: float, rate: float) -> Case:
         consuming = Consuming.start(stream)
         topic = stream.topics().transactions
 
-        def fault(_load: Load) -> None:
+        def fault() -> None:
             time.sleep(3)
             filler = lake / "filler"
             with open(filler, "wb") as out, contextlib.suppress(OSError):
@@ -476,7 +477,7 @@ def resent_ids(root: Path, duration_s: float, rate: float) -> Case:
     consuming = Consuming.start(stream)
     topic = stream.topics().transactions
     load, _catch_up, outcome = _push_through(
-        stream, consuming, lambda _load: time.sleep(duration_s), rate, resend_every=RESEND_EVERY
+        stream, consuming, lambda: time.sleep(duration_s), rate, resend_every=RESEND_EVERY
     )
     conflicts = consuming.metric("fraudpipe_stream_events_total", topic=topic, outcome="conflict")
     redelivered = consuming.metric("fraudpipe_stream_events_total", topic=topic, outcome="duplicate")
@@ -532,7 +533,7 @@ def online_outage(root: Path, outage_s: float, rate: float) -> Case:
 
     reader = threading.Thread(target=read, daemon=True)
 
-    def fault(_load: Load) -> None:
+    def fault() -> None:
         _wait(lambda: len(_landed_ids(stream)) > 0)
         reader.start()
         time.sleep(1)
