@@ -1,9 +1,9 @@
 """Fault suite: real servers killed under steady load, with counts of what failed, was lost or doubled.
 
 Each case runs the real pieces in this process (the HTTP push app, the stream
-consumer, the online store, the scoring service) against servers of its own (a
-`redis-server`, a librdkafka mock cluster, a tmpfs for the lake, a model
-registry), sends a steady load, takes one piece away for `--outage-s` and
+consumer, the online store, the scoring service, Dagster runs) against servers of
+its own (a `redis-server`, a librdkafka mock cluster, a tmpfs for the lake, a model
+registry, a database behind a relay), sends a steady load, takes one piece away for `--outage-s` and
 brings it back, then waits for the consumer to catch up and counts:
 
 * requests answered, by status, a client resending each 503/504 batch as told;
@@ -15,8 +15,9 @@ brings it back, then waits for the consumer to catch up and counts:
   rather than answered cold, conflicting copies dead-lettered, bad model
   versions refused.
 
-PostgreSQL restarting under a Dagster run is a test (tests/test_postgres_restart.py), not a case
-here: a run is no steady load, and the test counts the failure, the retry and the re-executed run.
+The PostgreSQL case runs Dagster jobs back to back on the prod instance and cuts the database
+off in front of the server (`bench.postgres_restart`): runs cut off must fail, be marked for
+Dagster's run retry, and complete when re-executed from their failure.
 
     python -m bench.chaos [--quick] [--outage-s S] [--rate EVENTS_PER_S]
 """
@@ -38,15 +39,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import confluent_kafka
+import dagster as dg
 import mlflow
 import numpy as np
 import pandas as pd
+import psycopg
 import redis
 import xgboost as xgb
 import yaml
+from dagster._core.storage.tags import WILL_RETRY_TAG
 from fastapi.testclient import TestClient
 from mlflow.exceptions import MlflowException
 
+from bench import postgres_restart as pg
 from bench import tmpfs
 from bench.common import markdown_table
 from bench.kafka_brokers import mock_brokers
@@ -687,12 +692,92 @@ def registry_faults(root: Path, outage_s: float, rate: float) -> Case:
     )
 
 
+STEP_S = 4.0
+"""The middle step's length in the PostgreSQL case."""
+PG_OUTAGE_S = 20.0
+"""The PostgreSQL outage, quick runs included: dagster-postgres's connection retries rode out a
+10 s one (the run paused and succeeded), so a shorter one shows no run failing and retried."""
+
+
+def postgres_restart(root: Path, outage_s: float) -> Case:
+    """PostgreSQL cut off under Dagster runs launched back to back: what is cut off fails and is retried."""
+    fault = f"PostgreSQL cut off {outage_s:.0f} s under Dagster runs (prod instance)"
+    # One client: Dagster runs executed in threads of one process deadlock in `logging`'s locks.
+    load = "a 3-step job run back to back"
+    with contextlib.ExitStack() as stack:
+        try:
+            name = stack.enter_context(pg.database())
+        except psycopg.OperationalError:
+            why = f"not run: no PostgreSQL answers on {pg.SERVER[0]}:{pg.SERVER[1]}"
+            return Case(fault, load, Counter(), None, None, None, None, None, why, passed=False)
+        instance, proxy = stack.enter_context(pg.prod_instance(name, root / "dagster_home"))
+        refused: list[float] = []
+        succeeded: list[float] = []
+        stop = threading.Event()
+
+        def launch() -> None:
+            while not stop.is_set():
+                try:
+                    result = dg.execute_job(
+                        dg.reconstructable(pg.etl), instance, pg.run_config(STEP_S), raise_on_error=False
+                    )
+                except Exception:  # the instance could not record the run: its caller is told at once
+                    refused.append(time.monotonic())
+                    time.sleep(0.5)
+                    continue
+                if result.success:
+                    succeeded.append(time.monotonic())
+
+        launcher = threading.Thread(target=launch, daemon=True)
+        launcher.start()
+        time.sleep(4)
+        proxy.cut()
+        time.sleep(outage_s)
+        proxy.restore()
+        back = time.monotonic()
+        _wait(lambda: any(at > back for at in succeeded), timeout_s=120)
+        stop.set()
+        launcher.join(timeout=120)
+        runs = instance.get_runs(dg.RunsFilter(job_name=pg.etl.name))
+        statuses: Counter[str] = Counter()
+        retried: Counter[bool] = Counter()
+        for run in runs:
+            if run.status == dg.DagsterRunStatus.SUCCESS:
+                statuses["succeeded"] += 1
+            elif run.status == dg.DagsterRunStatus.FAILURE and run.tags.get(WILL_RETRY_TAG) == "true":
+                statuses["cut off, marked will_retry"] += 1
+                # What the daemon launches for it: a re-execution from the failure.
+                options = dg.ReexecutionOptions.from_failure(run.run_id, instance)
+                with dg.execute_job(
+                    dg.reconstructable(pg.etl), instance, pg.run_config(STEP_S), reexecution_options=options
+                ) as retry:
+                    retried[retry.success] += 1
+            else:
+                statuses[f"{run.status.value.lower()}, not retried"] += 1
+    recovery = min((at - back for at in succeeded if at > back), default=None)
+    cut_off = statuses["cut off, marked will_retry"]
+    lost = sum(n for what, n in statuses.items() if what.endswith("not retried")) + retried[False]
+    passed = (
+        cut_off + len(refused) > 0  # the outage was felt
+        and lost == 0
+        and retried[True] == cut_off
+        and recovery is not None
+        and not launcher.is_alive()
+    )
+    notes = (
+        f"runs: {', '.join(f'{n} {what}' for what, n in sorted(statuses.items()))}; "
+        f"{retried[True]}/{cut_off} retries from the failure completed; "
+        f"{len(refused)} launches refused at once while it was down; runs lost: {lost}"
+    )
+    return Case(fault, load, Counter(), None, None, None, None, recovery, notes, passed)
+
+
 def render(cases: list[Case]) -> str:
     rows = [
         [
             case.fault,
             case.load,
-            ", ".join(f"{n} x {status}" for status, n in sorted(case.statuses.items())),
+            ", ".join(f"{n} x {status}" for status, n in sorted(case.statuses.items())) or "-",
             *("-" if n is None else f"{n:,}" for n in (case.acked, case.lost, case.duplicated)),
             "-" if case.recovery_s is None else f"{case.recovery_s:.1f}",
             case.notes,
@@ -733,6 +818,7 @@ def main(argv: list[str] | None = None) -> list[Case]:
         ("lake disk full", lambda root: lake_full(root, outage_s, args.rate)),
         ("ids re-sent", lambda root: resent_ids(root, outage_s, args.rate)),
         ("model registry", lambda root: registry_faults(root, outage_s, SCORE_RATE)),
+        ("PostgreSQL restart", lambda root: postgres_restart(root, PG_OUTAGE_S)),
     ):
         print(f"[chaos] {name} ...", flush=True)
         with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:

@@ -4,9 +4,8 @@ Binding port 0 and closing the socket hands out a port of the kernel's
 ephemeral range, which the kernel may hand to the next outbound connection or
 `bind(0)` (Ray starts dozens) before our server binds it: CI lost a Ray
 dashboard to that race (Errno 98, address already in use). These ports come
-from between Ray's worker ports (10002-19999 by default) and the ephemeral
-range, where nothing is assigned behind our back; a port is handed out once
-per process.
+from between Ray's worker ports and the ephemeral range, where nothing is
+assigned behind our back; a port is handed out once per process.
 """
 
 from __future__ import annotations
@@ -15,8 +14,10 @@ import random
 import socket
 from pathlib import Path
 
-FIRST = 20000
-"""Above Ray's default worker ports (`--max-worker-port` 19999)."""
+RAY_WORKER_PORTS = range(20000, 24000)
+"""Above Ray's default worker ports (10002-19999): those of the Ray clusters tests start
+(tests/ray_cluster.py), 1,000 per node; `free_port` never hands them out."""
+FIRST = RAY_WORKER_PORTS.stop
 
 _EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed: set[int] = set()

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.ports import free_port
+from bench.ports import RAY_WORKER_PORTS, free_port
 
 STARTED = "Ray runtime started"
 
@@ -53,7 +53,7 @@ class LocalRayCluster:
     port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
     """The head's dashboard, on 127.0.0.1: Serve's REST API, where deployments are applied."""
-    _worker_ports: int = 21_000
+    _worker_ports: int = RAY_WORKER_PORTS.start
 
     @property
     def address(self) -> str:
@@ -109,6 +109,10 @@ class LocalRayCluster:
         log = self.root / f"{name}.log"
         first_worker_port = self._worker_ports
         self._worker_ports += 1_000
+        if self._worker_ports > RAY_WORKER_PORTS.stop:
+            raise RuntimeError(
+                f"more nodes than bench.ports.RAY_WORKER_PORTS has room for: {RAY_WORKER_PORTS}"
+            )
         command = [
             str(Path(sys.executable).parent / "ray"),
             "start",

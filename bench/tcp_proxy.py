@@ -1,9 +1,9 @@
-"""A TCP relay that a test can cut and restore: what clients see while a server restarts.
+"""A TCP relay that can be cut and restored: what clients see while a server restarts (tests, `make chaos`).
 
 Cutting it closes every relayed connection and the listening socket, so new connections are
-refused, as with a server process that is gone; restoring listens again on the same port.
-Used in front of the session's real PostgreSQL, which other tests share and which must not be
-restarted itself.
+refused, as with a server process that is gone; restoring listens again on the same port (one
+from `bench.ports`, so nothing else takes it meanwhile). Used in front of the session's real
+PostgreSQL, which other tests share and which must not be restarted itself.
 """
 
 from __future__ import annotations
@@ -14,25 +14,30 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from bench.ports import free_port
+
 
 class TcpProxy:
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
+        self.port = free_port()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
         self._serve(self._listener)
 
     def cut(self) -> None:
-        """Refuse new connections and reset every open one."""
+        """Refuse new connections and close every open one, as a server that stops does."""
         with self._lock:
             with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
             self._listener.close()
             for sock in self._sockets:
+                # shutdown() first: close() alone leaves a socket that a relay thread is blocked
+                # reading from open in the kernel, and its client then waits for ever (seen in CI).
                 with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
                     sock.close()
             self._sockets.clear()
 
@@ -59,6 +64,10 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                if listener is not self._listener or listener.fileno() == -1:  # cut meanwhile
+                    client.close()
+                    upstream.close()
+                    return
                 self._sockets |= {client, upstream}
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()

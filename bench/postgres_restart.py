@@ -1,0 +1,105 @@
+"""PostgreSQL restarting under Dagster runs of the prod instance (tests, `make chaos`).
+
+The session's PostgreSQL is shared, so the restart happens in front of it: the instance
+reaches a database of its own through a relay (`bench.tcp_proxy`) that is cut for the
+outage, resetting every connection and refusing new ones, which is what a client sees while
+the server restarts. The instance is the prod profile's `dagster.yaml`, whose `run_retries`
+says which failures Dagster's daemon launches again: a run cut off, not a run whose step
+failed on its own. A retry is executed as the daemon's default strategy does it, from the
+failure. The jobs live here, not in a test, because their step processes import them.
+"""
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+from psycopg import sql
+
+from bench.tcp_proxy import TcpProxy, tcp_proxy
+from orchestration.postgres import ensure_database
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER = ("127.0.0.1", 5432)
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_URL_ENV = "FRAUDPIPE_DAGSTER_PG_URL"
+"""What the prod dagster.yaml reads its storage URL from."""
+
+
+class Pause(dg.Config):
+    seconds: float = 8.0
+    """How long the middle step runs: a restart that begins meanwhile cuts the run off mid-step."""
+
+
+@dg.op
+def extract() -> int:
+    return 1
+
+
+@dg.op
+def transform(context: dg.OpExecutionContext, config: Pause, value: int) -> int:
+    """Reports progress every half second, as long steps do: each report is a write to the instance."""
+    deadline = time.monotonic() + config.seconds
+    while (left := deadline - time.monotonic()) > 0:
+        context.log.info(f"{left:.1f} s to go")
+        time.sleep(min(0.5, left))
+    return value + 1
+
+
+@dg.op
+def load(value: int) -> int:
+    return value * 2
+
+
+@dg.job
+def etl() -> None:
+    load(transform(extract()))
+
+
+@dg.op
+def refuse() -> None:
+    raise ValueError("a check that failed on its own")
+
+
+@dg.job
+def failing() -> None:
+    refuse()
+
+
+def run_config(step_s: float) -> dict[str, object]:
+    return {"ops": {"transform": {"config": {"seconds": step_s}}}}
+
+
+@contextmanager
+def database() -> Iterator[str]:
+    """A database of its own on the shared server, dropped after; raises psycopg's error if none answers."""
+    name = f"fraudpipe_pgrestart_{uuid.uuid4().hex[:10]}"
+    ensure_database(f"postgresql://postgres@127.0.0.1:5432/{name}")
+    try:
+        yield name
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@contextmanager
+def prod_instance(name: str, home: Path) -> Iterator[tuple[dg.DagsterInstance, TcpProxy]]:
+    """The prod profile's instance under `home`, its storage the database `name` behind a relay."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text((ROOT / "orchestration/instance/prod/dagster.yaml").read_text())
+    before = os.environ.get(PG_URL_ENV)
+    with tcp_proxy(SERVER) as proxy:
+        # dagster-postgres speaks psycopg2.
+        os.environ[PG_URL_ENV] = f"postgresql+psycopg2://postgres@127.0.0.1:{proxy.port}/{name}"
+        try:
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                yield instance, proxy
+        finally:
+            if before is None:
+                del os.environ[PG_URL_ENV]
+            else:
+                os.environ[PG_URL_ENV] = before
