@@ -137,7 +137,7 @@ bench-autoscale: install ## autoscaling shown: idle -> 2x one replica's saturati
 	$(RUN) python -m bench.autoscale
 	$(RUN) python -m bench.results
 
-chaos: install ## fault suite under load: bus, Kafka brokers, online store, lake disk, re-sent ids, model registry; counts (~4 min, root for the disk case; docs/reliability.md)
+chaos: install ## fault suite under load: bus, Kafka brokers, online store, lake disk, re-sent ids, model registry, PostgreSQL; counts (~5 min, root for the disk case; docs/reliability.md)
 	$(RUN) python -m bench.chaos
 	$(RUN) python -m bench.results
 
