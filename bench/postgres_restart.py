@@ -2,7 +2,7 @@
 
 The session's PostgreSQL is shared, so the restart happens in front of it: the instance
 reaches a database of its own through a relay (`bench.tcp_proxy`) that is cut for the
-outage, resetting every connection and refusing new ones, which is what a client sees while
+outage, closing every connection and refusing new ones, which is what a client sees while
 the server restarts. The instance is the prod profile's `dagster.yaml`, whose `run_retries`
 says which failures Dagster's daemon launches again: a run cut off, not a run whose step
 failed on its own. A retry is executed as the daemon's default strategy does it, from the

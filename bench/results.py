@@ -69,6 +69,8 @@ MEASURED: dict[str, tuple[str, ...]] = {
         "bench/redis_server.py",
         "bench/kafka_brokers.py",
         "bench/tmpfs.py",
+        "bench/postgres_restart.py",
+        "bench/tcp_proxy.py",
     ),
 }
 """Each bench's code: a change to any of it makes the bench's table stale (`!path`: not measured)."""
