@@ -694,9 +694,6 @@ def registry_faults(root: Path, outage_s: float, rate: float) -> Case:
 
 STEP_S = 4.0
 """The middle step's length in the PostgreSQL case."""
-PG_OUTAGE_S = 20.0
-"""The PostgreSQL outage, quick runs included: dagster-postgres's connection retries rode out a
-10 s one (the run paused and succeeded), so a shorter one shows no run failing and retried."""
 
 
 def postgres_restart(root: Path, outage_s: float) -> Case:
@@ -818,7 +815,7 @@ def main(argv: list[str] | None = None) -> list[Case]:
         ("lake disk full", lambda root: lake_full(root, outage_s, args.rate)),
         ("ids re-sent", lambda root: resent_ids(root, outage_s, args.rate)),
         ("model registry", lambda root: registry_faults(root, outage_s, SCORE_RATE)),
-        ("PostgreSQL restart", lambda root: postgres_restart(root, PG_OUTAGE_S)),
+        ("PostgreSQL restart", lambda root: postgres_restart(root, pg.OUTAGE_S)),  # quick runs too
     ):
         print(f"[chaos] {name} ...", flush=True)
         with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:

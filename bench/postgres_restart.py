@@ -17,15 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
-import psycopg
-from psycopg import sql
 
 from bench.tcp_proxy import TcpProxy, tcp_proxy
-from orchestration.postgres import ensure_database
+from orchestration.postgres import drop_database, ensure_database
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = ("127.0.0.1", 5432)
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+OUTAGE_S = 20.0
+"""How long the database is cut off: dagster-postgres's connection retries rode out a 10 s outage
+(the run paused and succeeded), so a shorter one shows no run failing and being retried."""
 PG_URL_ENV = "FRAUDPIPE_DAGSTER_PG_URL"
 """What the prod dagster.yaml reads its storage URL from."""
 
@@ -78,12 +78,12 @@ def run_config(step_s: float) -> dict[str, object]:
 def database() -> Iterator[str]:
     """A database of its own on the shared server, dropped after; raises psycopg's error if none answers."""
     name = f"fraudpipe_pgrestart_{uuid.uuid4().hex[:10]}"
-    ensure_database(f"postgresql://postgres@127.0.0.1:5432/{name}")
+    url = f"postgresql://postgres@{SERVER[0]}:{SERVER[1]}/{name}"
+    ensure_database(url)
     try:
         yield name
     finally:
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(url)
 
 
 @contextmanager

@@ -14,13 +14,10 @@ import dagster as dg
 import pytest
 from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG, WILL_RETRY_TAG
 
-from bench.postgres_restart import database, etl, failing, prod_instance
+from bench.postgres_restart import OUTAGE_S, database, etl, failing, prod_instance
 from bench.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
-
-OUTAGE_S = 20.0
-"""Longer than dagster-postgres's own connection retries (5 × 0.2 s), so the run does see it."""
 
 
 @pytest.fixture
