@@ -259,14 +259,32 @@ def prepare(data_dir: Path, args: argparse.Namespace, stages: Stages) -> Request
     with stages.stage("online event buffers"):
         online = resources["stream"].online()
         try:
+            online.clear()
+            kept = events[events["TX_DATETIME"] > trimmed_before(events)]
             online.add_transactions(
-                events[["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT"]]
+                kept[["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT"]]
             )
             online.add_reports(data.fraud_reports)
         finally:
             online.close()
     with stages.stage("request bodies"):
         return write_requests(events, data_dir / "bench", dataset)
+
+
+def trimmed_before(events: Any) -> Any:
+    """The time before which a running consumer's trims have dropped every event by the first request.
+
+    A live store holds the longest feature horizon plus the grace (`EventBuffers.trim`),
+    not the dataset's months: the bench reads what production would, no more.
+    """
+    import pandas as pd
+
+    from feature_repo.online import DEFAULT_GRACE
+    from feature_repo.windows import FEATURE_GROUPS
+
+    first_request = events["TX_DATETIME"].max() - pd.Timedelta(days=REQUEST_DAYS)
+    horizon = pd.Timedelta(days=max(group.horizon_days for group in FEATURE_GROUPS))
+    return first_request - horizon - DEFAULT_GRACE
 
 
 def register_second_version(mlflow: Any) -> str:

@@ -14,6 +14,7 @@ range.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,6 +167,26 @@ def _digits_to_float(digits: np.ndarray, lowest: int) -> np.ndarray:
     return np.ldexp(np.where(negative, -rounded, rounded), exponent)
 
 
+def _time_keys(event_times: np.ndarray, n_codes: int) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """A monotone integer key of a time, and the key's stride, so that entity code * stride + key
+    orders (entity, time) and "event <= bound" is an integer comparison.
+
+    When every (entity, offset from the earliest event) fits an int64 (a serving read's few weeks
+    of a few thousand entities), the offset itself, clamped to one below the first event and the
+    last: no sort of the times, which with the ranks' binary searches was half a read's cost.
+    Otherwise a time's rank, the number of distinct event times at or before it.
+    """
+    if not len(event_times):
+        return lambda times: np.zeros(len(times), dtype=np.int64), 1
+    origin, span = int(event_times.min()), int(event_times.max()) - int(event_times.min())
+    if n_codes * (span + 1) < 2**62:
+        # Plain ufuncs, not clip: a serving read makes many small calls.
+        return lambda times: np.minimum(np.maximum(times - origin, -1), span), span + 1
+    distinct_times = np.sort(event_times)  # np.unique hashes: several times slower here
+    distinct_times = distinct_times[np.r_[True, distinct_times[1:] != distinct_times[:-1]]]
+    return lambda times: np.searchsorted(distinct_times, times, side="right"), len(distinct_times) + 1
+
+
 def _window_sums(
     event_keys: np.ndarray,
     event_times: np.ndarray,
@@ -176,10 +197,10 @@ def _window_sums(
 ) -> dict[int, tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Count and sum `values` over each query's events in (lo, hi] of the same key.
 
-    Events are sorted once by (entity code, time rank) where a time's rank is
-    the number of distinct event times at or before it: then "event <= bound"
-    is an integer comparison, the composite key cannot overflow, and every
-    window is a slice of the sorted events found by two binary searches. A
+    Events are sorted once by (entity code, time key) (`_time_keys`): then
+    "event <= bound" is an integer comparison, the composite key cannot
+    overflow, and every window is a slice of the sorted events found by two
+    binary searches. A
     window's sum is the difference of two running totals of exact fixed-point
     digits (int64, wrapping harmlessly: only differences are read), so it is
     exact, costs O(1) whatever the window's size or the queries' order, and
@@ -197,10 +218,8 @@ def _window_sums(
     else:
         codes = np.unique(keys, return_inverse=True)[1].astype(np.int64)
     ek, qk = codes[: len(event_keys)], codes[len(event_keys) :]
-    distinct_times = np.sort(event_times)  # np.unique hashes: several times slower here
-    distinct_times = distinct_times[np.r_[True, distinct_times[1:] != distinct_times[:-1]]]
-    stride = len(distinct_times) + 1
-    composite = ek * stride + np.searchsorted(distinct_times, event_times, side="right")
+    time_key, stride = _time_keys(event_times, int(codes.max()) + 1 if len(codes) else 0)
+    composite = ek * stride + time_key(event_times)
     order = np.argsort(composite, kind="stable")
     sorted_composite = composite[order]
     running: dict[str, tuple[np.ndarray, int]] = {}
@@ -210,13 +229,11 @@ def _window_sums(
         np.cumsum(digits, axis=0, out=totals[1:])
         running[name] = (totals, lowest)
     # Queries are answered in (entity, time) order, so searches and running-total reads move forward.
-    q_order = np.argsort(
-        qk * stride + np.searchsorted(distinct_times, window_hi, side="right"), kind="stable"
-    )
+    q_order = np.argsort(qk * stride + time_key(window_hi), kind="stable")
 
     def count_at_or_before(bounds: np.ndarray) -> np.ndarray:
-        # Time ranks in the callers' order (often time order: quick), the slices in entity order.
-        needles = qk * stride + np.searchsorted(distinct_times, bounds, side="right")
+        # Time keys in the callers' order (often time order: quick), the slices in entity order.
+        needles = qk * stride + time_key(bounds)
         return np.searchsorted(sorted_composite, needles[q_order], side="right")
 
     def in_query_order(sorted_values: np.ndarray) -> np.ndarray:

@@ -157,6 +157,10 @@ class BufferState:
         )
 
 
+Columns = dict[str, np.ndarray]
+"""Named columns of equal length: a read's events stay numpy arrays (a DataFrame per read cost 10 %)."""
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     """One consistent read of a store for a batch of requests.
@@ -172,8 +176,8 @@ class _Snapshot:
 
     watermark_us: int | None
     floor_us: int | None
-    customer_events: pd.DataFrame
-    terminal_events: pd.DataFrame
+    customer_events: Columns
+    terminal_events: Columns
     request_reports_us: np.ndarray
 
 
@@ -232,7 +236,7 @@ def _state(
     )
 
 
-def _merge(buffered: pd.DataFrame, requested: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _merge(buffered: Columns, requested: Columns) -> Columns:
     """The buffered events and the requests as one event table for `evaluate_arrays`.
 
     TX_DATETIME is in µs in `buffered` (as stored) and in ns in `requested`
@@ -241,8 +245,8 @@ def _merge(buffered: pd.DataFrame, requested: dict[str, np.ndarray]) -> dict[str
     The buffered rows keep their order (a store's (entity, time) order makes the
     engine's sort a single pass) and the requests follow.
     """
-    buffered_tx = buffered["TRANSACTION_ID"].to_numpy()
-    buffered_ns = buffered["TX_DATETIME"].to_numpy(np.int64) * NS_PER_US
+    buffered_tx = buffered["TRANSACTION_ID"]
+    buffered_ns = buffered["TX_DATETIME"].astype(np.int64) * NS_PER_US
     request_tx, request_ns = requested["TRANSACTION_ID"], requested["TX_DATETIME"]
     # A transaction id names one payload, so an applied request is buffered at its own time:
     # only the buffered rows from the earliest request on can be one.
@@ -252,7 +256,7 @@ def _merge(buffered: pd.DataFrame, requested: dict[str, np.ndarray]) -> dict[str
     new[first] = True
     new &= ~applied
     columns = {
-        name: np.concatenate([buffered[name].to_numpy(), column[new]])
+        name: np.concatenate([buffered[name], column[new]])
         for name, column in requested.items()
         if name != "TX_DATETIME"
     }

@@ -13,6 +13,7 @@ from feature_repo.online.buffers import (
     _REPORT_US,
     DEFAULT_GRACE,
     BufferState,
+    Columns,
     EventBuffers,
     _Snapshot,
     _state,
@@ -63,29 +64,25 @@ def _tx_ids(members: Sequence[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join(members), dtype=_TX_MEMBER).astype(np.int64)
 
 
-def _customer_frame(customers: np.ndarray, replies: Sequence[Sequence[bytes]]) -> pd.DataFrame:
+def _customer_columns(customers: np.ndarray, replies: Sequence[Sequence[bytes]]) -> Columns:
     """Customer events (times in µs) from one ZRANGE reply of packed members per customer."""
     events = np.frombuffer(b"".join(b"".join(reply) for reply in replies), dtype=_CUSTOMER_MEMBER)
-    return pd.DataFrame(
-        {
-            "CUSTOMER_ID": np.repeat(customers, [len(reply) for reply in replies]),
-            "TRANSACTION_ID": events["tx"].astype(np.int64),
-            "TX_DATETIME": events["time"].astype(np.int64),
-            "TX_AMOUNT": events["amount"].astype(np.float64),
-        }
-    )
+    return {
+        "CUSTOMER_ID": np.repeat(customers, [len(reply) for reply in replies]),
+        "TRANSACTION_ID": events["tx"].astype(np.int64),
+        "TX_DATETIME": events["time"].astype(np.int64),
+        "TX_AMOUNT": events["amount"].astype(np.float64),
+    }
 
 
-def _terminal_frame(terminals: np.ndarray, replies: Sequence[Sequence[bytes]]) -> pd.DataFrame:
+def _terminal_columns(terminals: np.ndarray, replies: Sequence[Sequence[bytes]]) -> Columns:
     """Terminal events (times in µs) from one ZRANGE WITHSCORES reply per terminal."""
     flat = [item for reply in replies for item in reply]
-    return pd.DataFrame(
-        {
-            "TERMINAL_ID": np.repeat(terminals, [len(reply) // 2 for reply in replies]),
-            "TRANSACTION_ID": _tx_ids(flat[0::2]),
-            "TX_DATETIME": _scores(flat[1::2]).astype(np.int64),
-        }
-    )
+    return {
+        "TERMINAL_ID": np.repeat(terminals, [len(reply) // 2 for reply in replies]),
+        "TRANSACTION_ID": _tx_ids(flat[0::2]),
+        "TX_DATETIME": _scores(flat[1::2]).astype(np.int64),
+    }
 
 
 def _optional_score(score: float | None) -> int | None:
@@ -220,14 +217,14 @@ class RedisEventBuffers(EventBuffers):
 
         label_flat = [item for reply in label_replies for item in reply]
         reported = pd.Series(_scores(label_flat[1::2]), index=_tx_ids(label_flat[0::2]))
-        terminal_events = _terminal_frame(terminals, terminal_replies)
+        terminal_events = _terminal_columns(terminals, terminal_replies)
         # Deduplicated for reindex: one tx id in two terminals' sets (two payloads) shows twice.
         report_us = reported[~reported.index.duplicated()].reindex(terminal_events["TRANSACTION_ID"])
         return _Snapshot(
             _optional_score(clock[0]),
             _optional_score(clock[1]),
-            _customer_frame(customers, customer_replies),
-            terminal_events.assign(**{_REPORT_US: report_us.to_numpy()}),
+            _customer_columns(customers, customer_replies),
+            {**terminal_events, _REPORT_US: report_us.to_numpy(np.float64)},
             np.array([np.nan if score is None else score for score in request_reports], dtype=np.float64),
         )
 
@@ -271,8 +268,8 @@ class RedisEventBuffers(EventBuffers):
         pipe.zmscore(self._meta, [_WATERMARK, _FLOOR])
         *buffers, reports, clock = pipe.execute()
         return _state(
-            _customer_frame(np.asarray(customers, dtype=np.int64), buffers[: len(customers)]),
-            _terminal_frame(np.asarray(terminals, dtype=np.int64), buffers[len(customers) :]),
+            pd.DataFrame(_customer_columns(np.asarray(customers, dtype=np.int64), buffers[: len(customers)])),
+            pd.DataFrame(_terminal_columns(np.asarray(terminals, dtype=np.int64), buffers[len(customers) :])),
             pd.DataFrame(
                 {
                     "TRANSACTION_ID": _tx_ids(reports[0::2]),

@@ -18,6 +18,7 @@ from feature_repo.online.buffers import (
     _REPORT_US,
     DEFAULT_GRACE,
     BufferState,
+    Columns,
     EventBuffers,
     _Snapshot,
     _state,
@@ -365,11 +366,11 @@ class SqliteEventBuffers(EventBuffers):
         self._db.close()
 
 
-def _in_window(ids: np.ndarray, key: str, events: np.ndarray, after_us: int, until_us: int) -> pd.DataFrame:
-    """Packed events in (after_us, until_us] as the snapshot's frame, entity id first."""
+def _in_window(ids: np.ndarray, key: str, events: np.ndarray, after_us: int, until_us: int) -> Columns:
+    """Packed events in (after_us, until_us] as the snapshot's columns, entity id first."""
     inside = (events["TX_DATETIME"] > after_us) & (events["TX_DATETIME"] <= until_us)
     events = events[inside]
-    return pd.DataFrame({key: ids[inside], **{name: events[name] for name in _fields(events.dtype)}})
+    return {key: ids[inside], **{name: events[name] for name in _fields(events.dtype)}}
 
 
 def _fields(dtype: np.dtype) -> tuple[str, ...]:
