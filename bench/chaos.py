@@ -727,7 +727,7 @@ def postgres_restart(root: Path, outage_s: float) -> Case:
 
         launcher = threading.Thread(target=launch, daemon=True)
         launcher.start()
-        time.sleep(4)
+        pg.wait_for_step(instance)
         proxy.cut()
         time.sleep(outage_s)
         proxy.restore()

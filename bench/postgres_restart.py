@@ -70,6 +70,30 @@ def failing() -> None:
     refuse()
 
 
+def wait_for_step(
+    instance: dg.DagsterInstance, step_key: str = "transform", timeout_s: float = 120.0
+) -> None:
+    """Return once a run of `etl` has begun launching `step_key`'s process.
+
+    A cut then lands before the step process records that it started, a write the run
+    cannot do without: after dagster-postgres's connection retries (about 11 s) the step
+    fails and the run is cut off. A cut in the middle of the step is ridden out (its log
+    lines' writes fail alone, the step goes on), and one a fixed time after the launch landed
+    there in 2 of 2 `make chaos` runs here.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        started = instance.get_runs(dg.RunsFilter(job_name=etl.name, statuses=[dg.DagsterRunStatus.STARTED]))
+        for run in started:
+            records = instance.get_records_for_run(
+                run.run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTING
+            ).records
+            if any(record.event_log_entry.step_key == step_key for record in records):
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"no run of {etl.name} began step {step_key!r} in {timeout_s:.0f} s")
+
+
 def run_config(step_s: float) -> dict[str, object]:
     return {"ops": {"transform": {"config": {"seconds": step_s}}}}
 

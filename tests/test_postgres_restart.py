@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG, WILL_RETRY_TAG
 
-from bench.postgres_restart import OUTAGE_S, database, etl, failing, prod_instance
+from bench.postgres_restart import OUTAGE_S, database, etl, failing, prod_instance, wait_for_step
 from bench.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -26,9 +26,9 @@ def instance_behind_relay(tmp_path: Path) -> Iterator[tuple[dg.DagsterInstance, 
         yield instance
 
 
-def _restart_after(proxy: TcpProxy, delay_s: float) -> threading.Thread:
+def _restart_mid_step(instance: dg.DagsterInstance, proxy: TcpProxy) -> threading.Thread:
     def restart() -> None:
-        time.sleep(delay_s)
+        wait_for_step(instance)
         proxy.cut()
         time.sleep(OUTAGE_S)
         proxy.restore()
@@ -42,7 +42,7 @@ def test_a_run_cut_off_by_a_restart_fails_clearly_and_its_retry_completes(
     instance_behind_relay: tuple[dg.DagsterInstance, TcpProxy],
 ) -> None:
     instance, proxy = instance_behind_relay
-    restart = _restart_after(proxy, delay_s=3)
+    restart = _restart_mid_step(instance, proxy)
     result = dg.execute_job(dg.reconstructable(etl), instance=instance, raise_on_error=False)
     restart.join()
     assert not result.success, "the run went through a 20 s outage unscathed: nothing was cut"
