@@ -266,9 +266,8 @@ def test_an_online_store_outage_is_waited_out_and_every_event_is_applied(
     reference = open_event_buffers(f"sqlite:///{tmp_path / 'reference.db'}")
     reference.add_transactions(transactions[list(TRANSACTION_COLUMNS)])
     reference.trim()
-    assert state.floor is not None and state.equals(
-        reference.dump()
-    )  # every event applied once, as if the store never went away
+    # Every event applied once, as if the store never went away.
+    assert state.floor is not None and state.equals(reference.dump())
 
 
 @needs_tool(tmpfs.can_mount(), "root and a tmpfs mount (a small filesystem for the lake)")
