@@ -727,10 +727,7 @@ def postgres_restart(root: Path, outage_s: float) -> Case:
 
         launcher = threading.Thread(target=launch, daemon=True)
         launcher.start()
-        pg.wait_for_step(instance)
-        proxy.cut()
-        time.sleep(outage_s)
-        proxy.restore()
+        pg.restart_at_step_launch(instance, proxy, outage_s)
         back = time.monotonic()
         _wait(lambda: any(at > back for at in succeeded), timeout_s=120)
         stop.set()

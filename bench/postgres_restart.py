@@ -94,6 +94,14 @@ def wait_for_step(
     raise TimeoutError(f"no run of {etl.name} began step {step_key!r} in {timeout_s:.0f} s")
 
 
+def restart_at_step_launch(instance: dg.DagsterInstance, proxy: TcpProxy, outage_s: float = OUTAGE_S) -> None:
+    """Cut the relay as a run launches its middle step's process, restore it `outage_s` later."""
+    wait_for_step(instance)
+    proxy.cut()
+    time.sleep(outage_s)
+    proxy.restore()
+
+
 def run_config(step_s: float) -> dict[str, object]:
     return {"ops": {"transform": {"config": {"seconds": step_s}}}}
 

@@ -6,7 +6,6 @@ How the restart is made, and why in front of the server: `bench.postgres_restart
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import dagster as dg
 import pytest
 from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG, WILL_RETRY_TAG
 
-from bench.postgres_restart import OUTAGE_S, database, etl, failing, prod_instance, wait_for_step
+from bench.postgres_restart import database, etl, failing, prod_instance, restart_at_step_launch
 from bench.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -26,23 +25,12 @@ def instance_behind_relay(tmp_path: Path) -> Iterator[tuple[dg.DagsterInstance, 
         yield instance
 
 
-def _restart_mid_step(instance: dg.DagsterInstance, proxy: TcpProxy) -> threading.Thread:
-    def restart() -> None:
-        wait_for_step(instance)
-        proxy.cut()
-        time.sleep(OUTAGE_S)
-        proxy.restore()
-
-    thread = threading.Thread(target=restart, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_a_run_cut_off_by_a_restart_fails_clearly_and_its_retry_completes(
     instance_behind_relay: tuple[dg.DagsterInstance, TcpProxy],
 ) -> None:
     instance, proxy = instance_behind_relay
-    restart = _restart_mid_step(instance, proxy)
+    restart = threading.Thread(target=restart_at_step_launch, args=(instance, proxy), daemon=True)
+    restart.start()
     result = dg.execute_job(dg.reconstructable(etl), instance=instance, raise_on_error=False)
     restart.join()
     assert not result.success, "the run went through a 20 s outage unscathed: nothing was cut"
