@@ -11,7 +11,8 @@ overload target.
 
 One run, one Ray instance (`bench.serve.Server`, the local profile with
 autoscaling switched on by its settings, short delays so that the whole
-story fits in two minutes):
+story fits in two minutes; the local Kafka broker beside it, as in
+`bench.serve`, takes the prediction records):
 
 1. one replica's saturation: `max_replicas` 1, a closed loop of as many
    clients as a replica admits at once (`runtime.max_in_flight`), a few seconds;
@@ -66,6 +67,7 @@ from bench.serve import (
     SERVE_SIZE,
     Server,
     _cpu_seconds,
+    prediction_bus,
     prepare,
 )
 
@@ -897,7 +899,8 @@ def main(argv: list[str] | None = None) -> AutoscaleBench:
         data_dir = (args.data_dir or Path(tmp)).resolve()
         requests = prepare(data_dir, args, stages)
         try:
-            bench = measure(data_dir, requests, plan, target, stages, args.haproxy)
+            with prediction_bus(data_dir):
+                bench = measure(data_dir, requests, plan, target, stages, args.haproxy)
         except (TimeoutError, RuntimeError) as exc:
             log = data_dir / "ours.log"
             tail = log.read_text()[-3000:] if log.exists() else ""

@@ -14,7 +14,10 @@ Every server runs in its own child process (each Ray variant with its own Ray
 instance) and the load comes from `bench.loadgen` processes on the same
 machine. Servers run at niceness 15, the load generator at 0: Ray starts its
 workers at 15 anyway, and this way the generator gets its CPU first, as a
-separate client machine would, whichever server it loads.
+separate client machine would, whichever server it loads. The local profile's
+Kafka broker (`python -m streaming broker`, what `make broker` starts) runs
+beside them, so our variants and (b) send every answer's prediction record,
+as they do in production; the footer counts the records sent and dropped.
 
     python -m bench.serve [--quick] [--duration S] [--rates 100,300,500] [--clients 16]
 """
@@ -38,7 +41,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -187,6 +190,7 @@ class Measurement:
     server_cores: float = math.nan
     other_cores: float = math.nan
     note: str = ""  # what happened meanwhile (swaps, retraining), as evidence
+    records: dict[str, float] = field(default_factory=dict)  # prediction records by outcome (sent, dropped)
 
 
 @dataclass(frozen=True)
@@ -691,12 +695,66 @@ class Server:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
+BROKER_START_TIMEOUT_S = 60.0
+
+
+@contextlib.contextmanager
+def prediction_bus(data_dir: Path) -> Iterator[None]:
+    """The local profile's Kafka broker for the servers' prediction logs: `python -m streaming broker`."""
+    from settings import load_settings
+    from streaming.config import StreamConfig
+
+    stream = StreamConfig.from_settings(load_settings(profile="local", data_dir=data_dir))
+    published = stream.local_broker_file
+    assert published is not None, "the local profile's bus is its own broker"
+    env = {**os.environ, "FRAUDPIPE_PROFILE": "local", "FRAUDPIPE_DATA_DIR": str(data_dir)}
+    with (data_dir / "broker.log").open("w") as log:
+        broker = subprocess.Popen(
+            [sys.executable, "-m", "streaming", "broker"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + BROKER_START_TIMEOUT_S
+            while not published.exists():
+                if broker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the local Kafka broker did not start: see {data_dir / 'broker.log'}")
+                time.sleep(0.2)
+            yield
+        finally:
+            broker.terminate()
+            try:
+                broker.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                broker.kill()
+                broker.wait()
+
+
+def records_lines(measurements: Sequence[Measurement]) -> list[str]:
+    """Per variant that logs: the prediction records its phases sent to the bus and dropped.
+
+    Counted from the server's counters read around each phase: records of a phase's last
+    half second are sent (every 0.5 s) after the read, and counted in no phase.
+    """
+    lines = []
+    for variant in VARIANTS:
+        counted = [m.records for m in measurements if m.variant is variant and m.records]
+        if counted:
+            sent = sum(r.get("sent", 0.0) for r in counted)
+            dropped = sum(r.get("dropped", 0.0) for r in counted)
+            lines.append(f"{variant.label}: prediction log {sent:,.0f} records sent, {dropped:,.0f} dropped")
+    return lines
+
+
 def _scrape(url: str) -> dict[str, float]:
     """Batch-size and cache counters summed over every replica the endpoint exports (empty if none).
 
     The Ray variants' endpoint is the node's metrics agent, the uvicorn one the app's own /metrics.
     """
-    from serving.metrics import BATCH_SIZE, CACHE, series_samples
+    from serving.metrics import BATCH_SIZE, CACHE, PREDICTION_LOG, series_samples
 
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -709,6 +767,9 @@ def _scrape(url: str) -> dict[str, float]:
     }
     for labels, value in series_samples(text, f"{CACHE.exported}_total"):
         key = f"cache_{labels.get('result')}"
+        totals[key] = totals.get(key, 0.0) + value
+    for labels, value in series_samples(text, f"{PREDICTION_LOG.exported}_total"):
+        key = f"records_{labels.get('outcome')}"
         totals[key] = totals.get(key, 0.0) + value
     return totals
 
@@ -779,6 +840,7 @@ def _measure(server: Server, phase: Phase, spec: LoadSpec) -> Measurement:
         lookups = hits + delta("cache_miss")
         measurement.mean_batch = delta("batch_sum") / batches if batches else None
         measurement.cache_hit_share = hits / lookups if lookups else None
+        measurement.records = {outcome: delta(f"records_{outcome}") for outcome in ("sent", "dropped")}
     return measurement
 
 
@@ -1229,14 +1291,15 @@ def main(argv: list[str] | None = None) -> ServeBench:
         data_dir = (args.data_dir or Path(tmp)).resolve()
         requests = prepare(data_dir, args, stages)
         dataset = requests.dataset
-        for variant in chosen:
-            try:
-                measurements += measure_variant(variant, data_dir, requests, settings, stages)
-            except (TimeoutError, RuntimeError) as exc:
-                failures[variant.key] = str(exc)
-                log = data_dir / f"{variant.key}.log"
-                tail = log.read_text()[-3000:] if log.exists() else ""
-                print(f"[serve] {variant.label} FAILED: {exc}\n--- {log} (tail)\n{tail}", flush=True)
+        with prediction_bus(data_dir):
+            for variant in chosen:
+                try:
+                    measurements += measure_variant(variant, data_dir, requests, settings, stages)
+                except (TimeoutError, RuntimeError) as exc:
+                    failures[variant.key] = str(exc)
+                    log = data_dir / f"{variant.key}.log"
+                    tail = log.read_text()[-3000:] if log.exists() else ""
+                    print(f"[serve] {variant.label} FAILED: {exc}\n--- {log} (tail)\n{tail}", flush=True)
     found = checks(measurements, settings)
     report = "\n".join(
         [
@@ -1245,6 +1308,7 @@ def main(argv: list[str] | None = None) -> ServeBench:
             *(check.line() for check in found),
             *(f"FAILED  {key}: {why}" for key, why in failures.items()),
             "",
+            *records_lines(measurements),
             f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
             f"{settings.duration_s:g} s per phase, requests time out after {settings.timeout_s:g} s "
             "(batch calls after 6x that)",

@@ -10,13 +10,14 @@ monitoring side can alert on.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
+
+import pydantic_core
 
 from serving.metrics import ServingMetrics
 from streaming.bus import Producer
@@ -181,7 +182,7 @@ class PredictionLog:
                         for record in batch.records():
                             producer.send(
                                 self._topic,
-                                json.dumps(record).encode(),
+                                pydantic_core.to_json(record),
                                 key=str(record["transaction_id"]).encode(),
                             )
                         unflushed += len(batch)

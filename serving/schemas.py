@@ -10,6 +10,9 @@ from streaming.contract import Amount, Identifier, Timestamp
 
 Route = Literal["champion", "challenger"]
 
+MAX_TRANSACTIONS = 8_000
+"""The most transactions a batch body holds; the runtime config's `max_transactions_per_call` may cut it."""
+
 
 class Transaction(BaseModel):
     """One card payment to score, as the stream carries it.
@@ -37,7 +40,7 @@ class Transaction(BaseModel):
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    transactions: list[Transaction] = Field(min_length=1, max_length=8_000)
+    transactions: list[Transaction] = Field(min_length=1, max_length=MAX_TRANSACTIONS)
 
 
 class ModelRef(BaseModel):

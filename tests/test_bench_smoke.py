@@ -117,6 +117,11 @@ def test_serve_bench_loads_the_uvicorn_baseline(
     alone = result.measurements[0].result
     assert not alone.failed and 0 < alone.p50_ms <= alone.p99_ms < math.inf
     assert result.measurements[0].mean_batch == 1.0  # scored alone: the server's own counters agree
+    # The prediction records reached the bench's Kafka broker, none dropped: their cost is in the
+    # numbers. (The log sends every 0.5 s: the last ones of a phase are sent after its counters are read.)
+    sent = sum(m.records["sent"] for m in result.measurements)
+    assert sent > 0 and sum(m.records["dropped"] for m in result.measurements) == 0
+    assert f"prediction log {sent:,.0f} records sent, 0 dropped" in printed
     assert result.checks == []  # none of our variants ran: no claim is judged
 
 

@@ -26,6 +26,7 @@ from assets.stream import observe_landing
 from feature_repo.windows import MODEL_FEATURES
 from orchestration.resources import EventSourceResource
 from orchestration.sensors import day_fingerprint, stream_landing_sensor
+from serving.columns import TransactionColumns
 from serving.metrics import ServingMetrics
 from serving.prediction_log import PredictionLog, RecordBatch
 from serving.schemas import Transaction
@@ -111,7 +112,7 @@ def answered(first_id: int, n: int, at: datetime, shadow: bool, seed: int) -> _A
     # Digits to the last bit of a float64: the landed value must be the same number, not a near one.
     features = rng.uniform(0, 1_000, (n, len(MODEL_FEATURES))) / 7
     scored = ScoredBatch(
-        transactions=transactions,
+        transactions=TransactionColumns.of(transactions),
         request_ids=[uuid.uuid4().hex for _ in transactions],
         probabilities=probabilities,
         versions=np.where(challenger, "4", "3").astype(object),
