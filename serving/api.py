@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -382,11 +382,13 @@ def _validated_batch(request: Request, body: bytes) -> BatchRequest:
     """`body` validated as FastAPI validates a declared `BatchRequest` body parameter.
 
     As `fastapi.routing.get_request_handler` does: a JSON content type is parsed
-    (a decode error is `json_invalid` at its position), any other is validated as
-    bytes, an empty body is missing; errors are located under `body`.
+    (a decode error is `json_invalid` at its position, bytes in no Unicode encoding
+    a 400), any other is validated as bytes, an empty body is missing; errors are
+    located under `body`.
 
     Raises:
         RequestValidationError: as FastAPI's would be, answered 422 by the app's handler.
+        HTTPException: 400, where FastAPI's would be.
     """
     value: Any = body
     if not body:
@@ -407,6 +409,8 @@ def _validated_batch(request: Request, body: bytes) -> BatchRequest:
                     }
                 ]
             ) from exc
+        except ValueError as exc:  # UnicodeDecodeError: FastAPI answers 400 to any other parse failure
+            raise HTTPException(status_code=400, detail="There was an error parsing the body") from exc
     try:
         return BatchRequest.model_validate(value, from_attributes=True)
     except ValidationError as exc:

@@ -161,6 +161,8 @@ REFUSED_BODIES: dict[str, tuple[bytes, dict[str, str]]] = {
     "an extra item field": (_body(scoring_body(x=1)), JSON),
     "a missing item field": (_body({k: v for k, v in scoring_body().items() if k != "amount"}), JSON),
     "UTF-16": (_body(scoring_body(customer_id=-1)).decode().encode("utf-16"), JSON),
+    "no Unicode (a 400)": (b"\x00" * 13, JSON),
+    "bad UTF-8 (a 400)": (b"\xff", JSON),
 }
 
 
@@ -170,10 +172,10 @@ def test_a_body_left_to_the_schema_is_refused_as_fastapi_refuses_it(
 ) -> None:
     body, headers = REFUSED_BODIES[case]
     expected = reference.post("/v1/score/batch", content=body, headers=headers)
-    assert expected.status_code == 422, expected.text
+    assert expected.status_code in (400, 422), expected.text
     with TestClient(build_api(service)) as client:
         answer = client.post("/v1/score/batch", content=body, headers=headers)
-    assert answer.status_code == 422, answer.text
+    assert answer.status_code == expected.status_code, answer.text
     assert answer.json() == expected.json()
 
 
