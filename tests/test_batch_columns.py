@@ -28,7 +28,7 @@ from serving.api import _message, build_api
 from serving.columns import CANONICAL_TIMESTAMP, TransactionColumns, read_batch, timestamps_us
 from serving.schemas import BatchRequest
 from serving.service import ScoringService
-from tests.test_event_contract import AT_RUN_TIME, BAD, GOOD_VALUES, as_json, scoring_body
+from tests.test_event_contract import BAD, GOOD_VALUES, _case, as_json, scoring_body
 
 
 def _schema(body: bytes) -> TransactionColumns | None:
@@ -49,20 +49,15 @@ def _body(*items: dict[str, object]) -> bytes:
     return as_json({"transactions": list(items)}).encode()
 
 
-def _value(table: dict[str, tuple[str, object]], case: str) -> tuple[str, object]:
-    field, value = table[case]
-    return field, AT_RUN_TIME[case]() if case in AT_RUN_TIME else value
-
-
 @pytest.mark.parametrize("case", list(BAD))
 def test_the_reader_takes_no_value_the_contract_refuses(case: str) -> None:
-    field, value = _value(BAD, case)
+    field, value = _case(BAD, case)
     assert read_batch(_body(scoring_body(), scoring_body(**{field: value}))) is None
 
 
 @pytest.mark.parametrize("case", list(GOOD_VALUES))
 def test_the_reader_gives_the_schemas_values(case: str) -> None:
-    field, value = _value(GOOD_VALUES, case)
+    field, value = _case(GOOD_VALUES, case)
     body = _body(scoring_body(), scoring_body(**{field: value}))
     slow = _schema(body)
     assert slow is not None
